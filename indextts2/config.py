@@ -19,5 +19,5 @@ def load_config(path: str | Path) -> dict[str, Any]:
     with path.open() as f:
         config = yaml.safe_load(f)
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a YAML mapping at the top level")
+        raise TypeError(f"{path}: expected a YAML mapping at the top level")
     return config

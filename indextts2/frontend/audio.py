@@ -1,0 +1,332 @@
+"""Audio front-end of IndexTTS-2: decoding, resampling and the three feature extractors.
+
+Plain functions, no torchaudio or librosa: every one takes a 1-D numpy waveform (or (1, N)) and returns
+numpy arrays, float32 (masks int64). The arithmetic runs in float64 numpy, except the kaldi fbank, which
+runs in float32 torch operations because torchaudio does (its float32 rounding is visible in the log of
+quiet bins, see `kaldi_fbank`). What each one reproduces:
+- `resample`: torchaudio.functional.resample (windowed-sinc, Hann window, width 6, rolloff 0.99);
+- `kaldi_fbank`: torchaudio.compliance.kaldi.fbank (25/10 ms Povey frames, DC removal, pre-emphasis
+  0.97, 512-point power spectrum, kaldi mel bank from 20 Hz, floor at float32 eps, log);
+- `campplus_features`: the CAMPPlus input of infer_v2 (fbank of the [-1, 1] waveform minus its mean);
+- `seamless_m4t_features`: transformers' SeamlessM4TFeatureExtractor (the w2v-BERT 2.0 input);
+- `mel_spectrogram`: the s2mel `mel_spectrogram` (reference mel for the CFM prompt).
+
+How infer_v2 prepares a reference prompt (`prompt_waveforms`): the file is loaded at 22050 Hz and
+cut to 15 s; the 16 kHz copy is resampled from that 22050 Hz copy. (The official loader resamples the
+file with librosa's soxr; we use the sinc resampler throughout, so that first step differs slightly.)
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+import soundfile
+import torch
+import torch.nn.functional as F
+
+MAX_PROMPT_SECONDS = 15.0
+S2MEL_SAMPLE_RATE = 22050
+FEATURE_SAMPLE_RATE = 16000
+
+# torch.finfo(torch.float32).eps: the floor torchaudio and transformers put under the mel energies.
+_FLOAT32_EPS = 1.1920928955078125e-07
+# The largest resampling kernel (output phases x taps) we build; real sample-rate pairs need < 1e6.
+_MAX_RESAMPLE_KERNEL = 16_000_000
+
+
+class AudioDecodeError(ValueError):
+    """The uploaded bytes are not audio that soundfile can decode (or hold no samples)."""
+
+
+def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
+    """Encoded audio (WAV, FLAC, OGG/Vorbis, ... whatever libsndfile reads) -> (samples, sample_rate).
+
+    Samples are float32 mono, channels averaged as librosa.load does. Integer PCM comes out in
+    [-1, 1); float files are passed through unchanged (the official loader does not clip either).
+    """
+    if not data:
+        raise AudioDecodeError("empty audio data")
+    try:
+        samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (soundfile.SoundFileError, RuntimeError, ValueError, TypeError) as error:
+        # libsndfile's own words, without the repr of the in-memory stream
+        reason = getattr(error, "error_string", None) or str(error)
+        raise AudioDecodeError(f"cannot decode audio ({len(data)} bytes): {reason}") from None
+    if samples.shape[0] == 0:
+        raise AudioDecodeError("the audio holds no samples")
+    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+    if not np.all(np.isfinite(mono)):
+        raise AudioDecodeError("the audio holds NaN or infinite samples")
+    return np.ascontiguousarray(mono, dtype=np.float32), int(sample_rate)
+
+
+def _as_waveform(wav: np.ndarray) -> np.ndarray:
+    wav = np.asarray(wav)
+    if wav.ndim == 2 and wav.shape[0] == 1:
+        wav = wav[0]
+    if wav.ndim != 1:
+        raise ValueError(f"expected a mono waveform of shape (N,) or (1, N), got {wav.shape}")
+    return wav.astype(np.float64)
+
+
+def resample(
+    wav: np.ndarray, orig_sr: int, new_sr: int, lowpass_filter_width: int = 6, rolloff: float = 0.99
+) -> np.ndarray:
+    """Band-limited resampling as torchaudio.functional.resample ("sinc_interp_hann"). Returns float32.
+
+    Both rates are reduced by their gcd to `orig` input and `new` output samples per period. Output
+    phase j of each period is a dot product of the input with a Hann-windowed sinc, cut off at
+    `rolloff * min(orig, new) / 2` and `lowpass_filter_width` zero crossings wide. The output has
+    ceil(N * new_sr / orig_sr) samples.
+    """
+    wav = _as_waveform(wav)
+    orig_sr, new_sr = int(orig_sr), int(new_sr)
+    if orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
+    if orig_sr == new_sr:
+        return wav.astype(np.float32)
+    gcd = math.gcd(orig_sr, new_sr)
+    orig, new = orig_sr // gcd, new_sr // gcd
+    base_freq = min(orig, new) * rolloff
+    width = math.ceil(lowpass_filter_width * orig / base_freq)
+    taps = 2 * width + orig
+    if new * taps > _MAX_RESAMPLE_KERNEL:
+        raise ValueError(f"cannot resample {orig_sr} Hz -> {new_sr} Hz: the rates share too small a factor")
+
+    # t[j, k]: distance, in input periods scaled to the cut-off, from output phase j to input tap k.
+    t = (np.arange(-width, width + orig) / orig)[None, :] - (np.arange(new) / new)[:, None]
+    t = np.clip(t * base_freq, -lowpass_filter_width, lowpass_filter_width)
+    window = np.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+    t = t * math.pi
+    safe_t = np.where(t == 0, 1.0, t)
+    sinc = np.where(t == 0, 1.0, np.sin(safe_t) / safe_t)
+    kernel = sinc * window * (base_freq / orig)  # (new, taps)
+
+    padded = np.pad(wav, (width, width + orig))
+    periods = np.lib.stride_tricks.sliding_window_view(padded, taps)[::orig]  # (num_periods, taps)
+    out = (periods @ kernel.T).reshape(-1)
+    target_length = -(-new * wav.shape[0] // orig)
+    return out[:target_length].astype(np.float32)
+
+
+def prompt_waveforms(
+    samples: np.ndarray, sample_rate: int, max_seconds: float = MAX_PROMPT_SECONDS
+) -> tuple[np.ndarray, np.ndarray]:
+    """A decoded reference prompt -> (wav_22k, wav_16k) float32, as infer_v2 prepares the speaker prompt:
+    resample to 22050 Hz, keep the first `max_seconds`, resample that to 16 kHz.
+
+    (infer_v2 loads a separate emotion prompt directly at 16 kHz and cuts it to 15 s:
+    `resample(samples, sr, 16000)[: 15 * 16000]`.)
+    """
+    # Cut the input first (with a second of margin, far more than the filter reaches) so that a long
+    # upload is not resampled whole; the kept output samples are the same.
+    samples = _as_waveform(samples)[: int((max_seconds + 1.0) * sample_rate)]
+    wav_22k = resample(samples, sample_rate, S2MEL_SAMPLE_RATE)[: int(max_seconds * S2MEL_SAMPLE_RATE)]
+    return wav_22k, resample(wav_22k, S2MEL_SAMPLE_RATE, FEATURE_SAMPLE_RATE)
+
+
+def _kaldi_mel_banks(
+    num_bins: int, fft_size: int, sample_rate: float, low_freq: float, high_freq: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """Kaldi mel filters (num_bins, fft_size // 2 + 1): triangles in mel space (mel = 1127 ln(1 + f/700)),
+    evenly spaced between low_freq and high_freq; the Nyquist bin gets weight 0.
+
+    Computed in `dtype` with torchaudio's operation order: the float32 rounding of these weights is
+    visible (up to 3e-4 in the log) where a loud tone sits on the thin edge of a filter.
+    """
+    if high_freq <= 0.0:
+        high_freq += sample_rate / 2
+    mel_low = 1127.0 * math.log(1.0 + low_freq / 700.0)
+    mel_high = 1127.0 * math.log(1.0 + high_freq / 700.0)
+    delta = (mel_high - mel_low) / (num_bins + 1)
+    index = torch.arange(num_bins, dtype=dtype).unsqueeze(1)
+    left = mel_low + index * delta
+    center = mel_low + (index + 1.0) * delta
+    right = mel_low + (index + 2.0) * delta
+    bin_freq = (sample_rate / fft_size) * torch.arange(fft_size // 2, dtype=dtype)
+    bin_mel = (1127.0 * (1.0 + bin_freq / 700.0).log()).unsqueeze(0)
+    rising = (bin_mel - left) / (center - left)
+    falling = (right - bin_mel) / (right - center)
+    banks = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    return F.pad(banks, (0, 1))
+
+
+def _kaldi_log_mel(
+    wav: np.ndarray,
+    num_mel_bins: int,
+    sample_frequency: float,
+    dtype: torch.dtype,
+    frame_length_ms: float = 25.0,
+    frame_shift_ms: float = 10.0,
+    preemphasis: float = 0.97,
+    low_freq: float = 20.0,
+    high_freq: float = 0.0,
+    dither: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Kaldi log mel filterbank (frames, num_mel_bins), computed in `dtype` (float32 reproduces
+    torchaudio, which computes in the waveform's dtype; float64 reproduces transformers' numpy code)."""
+    window_size = int(sample_frequency * frame_length_ms * 0.001)
+    window_shift = int(sample_frequency * frame_shift_ms * 0.001)
+    fft_size = 1 << (window_size - 1).bit_length()
+    samples = torch.from_numpy(np.ascontiguousarray(wav)).to(dtype)
+    if samples.shape[0] < window_size:  # snip_edges: only whole frames
+        return torch.zeros((0, num_mel_bins), dtype=dtype)
+    frames = samples.unfold(0, window_size, window_shift)
+    if dither != 0.0:
+        frames = frames + dither * torch.randn(frames.shape, dtype=dtype, generator=generator)
+    frames = frames - frames.mean(dim=1, keepdim=True)
+    # Pre-emphasis; the first sample is emphasised against itself (kaldi's replicate padding).
+    previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)
+    frames = frames - preemphasis * previous
+    povey = torch.hann_window(window_size, periodic=False, dtype=dtype).pow(0.85)
+    frames = F.pad(frames * povey, (0, fft_size - window_size))
+    power = torch.fft.rfft(frames).abs().pow(2.0)
+    banks = _kaldi_mel_banks(num_mel_bins, fft_size, sample_frequency, low_freq, high_freq, dtype)
+    return torch.clamp(power @ banks.T, min=_FLOAT32_EPS).log()
+
+
+def kaldi_fbank(
+    wav_16k: np.ndarray,
+    num_mel_bins: int = 80,
+    sample_frequency: float = 16000,
+    dither: float = 0.0,
+    frame_length_ms: float = 25.0,
+    frame_shift_ms: float = 10.0,
+    preemphasis: float = 0.97,
+    low_freq: float = 20.0,
+    high_freq: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> np.ndarray:
+    """torchaudio.compliance.kaldi.fbank with its defaults (snip_edges, no energy, power spectrum,
+    log): (N,) waveform -> (frames, num_mel_bins) float32, frames = 1 + (N - 400) // 160 at 16 kHz.
+
+    The waveform is used as given (infer_v2 passes the [-1, 1] float waveform, not int16 values) and,
+    like torchaudio on a float32 waveform, processed in float32 torch operations in torchaudio's order:
+    at that scale the quiet bins carry float32 rounding of up to ~1e-3 in the log, which this
+    reproduces rather than corrects.
+    """
+    fbank = _kaldi_log_mel(
+        _as_waveform(wav_16k), num_mel_bins, sample_frequency, torch.float32, frame_length_ms, frame_shift_ms,
+        preemphasis, low_freq, high_freq, dither, generator,
+    )
+    return fbank.numpy()
+
+
+def campplus_features(wav_16k: np.ndarray) -> np.ndarray:
+    """CAMPPlus input: 80-bin kaldi fbank of the [-1, 1] 16 kHz waveform minus its time mean,
+    (frames, 80) float32. Needs at least 3 frames (0.04 s) for the network's std pooling."""
+    fbank = torch.from_numpy(kaldi_fbank(wav_16k))
+    if fbank.shape[0] < 3:
+        raise ValueError(f"audio too short for CAMPPlus: {fbank.shape[0]} fbank frames, need at least 3")
+    return (fbank - fbank.mean(dim=0, keepdim=True)).numpy()
+
+
+def seamless_m4t_features(wav_16k: np.ndarray, padding_value: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """w2v-BERT 2.0 input, as SeamlessM4TFeatureExtractor on one waveform:
+    (N,) 16 kHz waveform -> (features (ceil(F/2), 160) float32, attention_mask (ceil(F/2),) int64).
+
+    The waveform is scaled to int16 range (x 32768), turned into the 80-bin kaldi log mel (same recipe as
+    `kaldi_fbank`, in float64 as transformers computes it), normalised per mel bin (mean, unbiased
+    variance + 1e-7), padded with one frame of `padding_value` when the frame count F is odd, and
+    consecutive frame pairs are concatenated. The real w2v-bert-2.0 config pads with 1.0; the
+    extractor's default is 0.0. The mask is 0 only for a pair that holds the padding frame.
+    """
+    wav = _as_waveform(wav_16k).astype(np.float32) * np.float32(32768.0)
+    fbank = _kaldi_log_mel(wav, 80, FEATURE_SAMPLE_RATE, torch.float64).numpy()
+    num_frames = fbank.shape[0]
+    if num_frames < 2:
+        raise ValueError(f"audio too short for w2v-BERT features: {num_frames} frames, need at least 2")
+    fbank = (fbank - fbank.mean(axis=0)) / np.sqrt(fbank.var(axis=0, ddof=1) + 1e-7)
+    mask = np.ones(num_frames, dtype=np.int64)
+    if num_frames % 2:
+        fbank = np.concatenate([fbank, np.full((1, fbank.shape[1]), padding_value)], axis=0)
+        mask = np.append(mask, 0)
+    features = fbank.reshape(fbank.shape[0] // 2, 2 * fbank.shape[1]).astype(np.float32)
+    return features, mask[1::2].copy()
+
+
+def mel_filterbank_slaney(
+    sample_rate: int, n_fft: int, num_mels: int, fmin: float, fmax: float | None
+) -> np.ndarray:
+    """librosa.filters.mel defaults (slaney mel scale, slaney area normalisation): (num_mels, n_fft//2+1)."""
+    fmax = sample_rate / 2 if fmax is None else float(fmax)
+    min_log_hz, min_log_mel, log_step = 1000.0, 15.0, math.log(6.4) / 27.0
+
+    def hz_to_mel(hz):
+        hz = np.asarray(hz, dtype=np.float64)
+        linear = hz * 3.0 / 200.0
+        logarithmic = min_log_mel + np.log(np.maximum(hz, min_log_hz) / min_log_hz) / log_step
+        return np.where(hz >= min_log_hz, logarithmic, linear)
+
+    def mel_to_hz(mel):
+        linear = mel * 200.0 / 3.0
+        logarithmic = min_log_hz * np.exp(log_step * (np.maximum(mel, min_log_mel) - min_log_mel))
+        return np.where(mel >= min_log_mel, logarithmic, linear)
+
+    edges_hz = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), num_mels + 2))
+    fft_hz = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    widths = np.diff(edges_hz)
+    ramps = edges_hz[:, None] - fft_hz[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    return weights * (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
+
+
+def mel_spectrogram(
+    wav_22k: np.ndarray,
+    n_fft: int,
+    num_mels: int,
+    sampling_rate: int,
+    hop_size: int,
+    win_size: int,
+    fmin: float,
+    fmax: float | None,
+) -> np.ndarray:
+    """The s2mel log mel: (N,) waveform -> (num_mels, frames) float32, frames = (N - hop) // hop + 1
+    for n_fft 1024 / hop 256.
+
+    Reflect-pad (n_fft - hop) / 2 on each side, frames of n_fft every hop without centring, periodic
+    Hann window of win_size (centred in n_fft), magnitude sqrt(re^2 + im^2 + 1e-9), slaney mel,
+    log(max(., 1e-5)).
+    """
+    wav = _as_waveform(wav_22k)
+    pad = (n_fft - hop_size) // 2
+    if wav.shape[0] <= pad:
+        raise ValueError(f"audio too short for the mel spectrogram: {wav.shape[0]} samples")
+    wav = np.pad(wav, (pad, pad), mode="reflect")
+    if wav.shape[0] < n_fft:
+        raise ValueError(f"audio too short for the mel spectrogram: {wav_22k.shape[-1]} samples")
+    frames = np.lib.stride_tricks.sliding_window_view(wav, n_fft)[::hop_size]
+    hann = 0.5 - 0.5 * np.cos(2 * math.pi * np.arange(win_size) / win_size)
+    window = np.zeros(n_fft)
+    offset = (n_fft - win_size) // 2
+    window[offset : offset + win_size] = hann
+    spectrum = np.fft.rfft(frames * window, n=n_fft)
+    magnitude = np.sqrt(spectrum.real**2 + spectrum.imag**2 + 1e-9)
+    mel = mel_filterbank_slaney(sampling_rate, n_fft, num_mels, fmin, fmax) @ magnitude.T
+    return np.log(np.maximum(mel, 1e-5)).astype(np.float32)
+
+
+def s2mel_mel_args(s2mel_config: dict[str, Any]) -> dict[str, Any]:
+    """`mel_spectrogram` keyword arguments from the `s2mel` config section, as infer_v2 builds them.
+
+    infer_v2 maps `fmax` = the string "None" (or absent) to None (= sample_rate / 2) and ANY other
+    value to 8000 Hz, whatever the number says.
+    """
+    params = s2mel_config["preprocess_params"]
+    spect = params["spect_params"]
+    fmax = spect.get("fmax", "None")
+    return {
+        "n_fft": int(spect["n_fft"]),
+        "win_size": int(spect["win_length"]),
+        "hop_size": int(spect["hop_length"]),
+        "num_mels": int(spect["n_mels"]),
+        "sampling_rate": int(params["sr"]),
+        "fmin": float(spect.get("fmin", 0)),
+        "fmax": None if fmax == "None" else 8000.0,
+    }

@@ -1,0 +1,102 @@
+"""Conditional flow matching decoder: Euler integration of the DiT velocity from noise (t=0) to mel (t=1).
+
+Each request's mel is [prompt (reference mel) | generated]; the prompt frames are given to the DiT as
+`prompt_x` and held at zero in x, and the returned mel has them zeroed too (the caller crops them).
+
+Classifier-free guidance runs the conditional and the unconditional branch (zero prompt, style and
+condition; same x and t) as one batch of 2B rows and mixes them as (1 + r) * cond - r * uncond.
+
+Batching: the official call is batch 1 with one prompt length. Here every row has its own total
+length `x_lens[b]` and prompt length `prompt_lens[b]`, and each row of a padded batch comes out equal
+to what it gives alone (given the same noise): the DiT masks keys per row and reflects its WaveNet
+padding at each row's own end. Frames past x_lens[b] are returned as zeros.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from indextts2.networks.dit import DiT, sequence_mask
+
+
+class CFM(nn.Module):
+    def __init__(self, estimator: DiT) -> None:
+        super().__init__()
+        self.estimator = estimator
+        self.in_channels = estimator.in_channels
+
+    def guided_velocity(
+        self,
+        x: torch.Tensor,
+        prompt_x: torch.Tensor,
+        x_lens: torch.Tensor,
+        t: torch.Tensor,
+        style: torch.Tensor,
+        mu: torch.Tensor,
+        cfg_rate: float,
+    ) -> torch.Tensor:
+        """One velocity evaluation, with classifier-free guidance when cfg_rate > 0. t: (B,)."""
+        if cfg_rate <= 0:
+            return self.estimator(x, prompt_x, x_lens, t, style, mu, reflect_at_row_end=True)
+        both = self.estimator(
+            torch.cat([x, x]),
+            torch.cat([prompt_x, torch.zeros_like(prompt_x)]),
+            torch.cat([x_lens, x_lens]),
+            torch.cat([t, t]),
+            torch.cat([style, torch.zeros_like(style)]),
+            torch.cat([mu, torch.zeros_like(mu)]),
+            reflect_at_row_end=True,
+        )
+        cond, uncond = both.chunk(2, dim=0)
+        return (1.0 + cfg_rate) * cond - cfg_rate * uncond
+
+    @torch.no_grad()
+    def inference(
+        self,
+        mu: torch.Tensor,
+        x_lens: torch.Tensor,
+        prompt: torch.Tensor,
+        style: torch.Tensor,
+        n_timesteps: int,
+        temperature: float = 1.0,
+        cfg_rate: float = 0.7,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        prompt_lens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """mu (B, T, C) condition, x_lens (B,), prompt (B, 80, Tp) reference mel, style (B, 192) -> mel (B, 80, T).
+
+        noise: (B, 80, T) standard normal draw (scaled by temperature here); None draws it with
+        `generator` (or the global torch RNG, as the official code does). prompt_lens: (B,) prompt
+        frames per row; None means all Tp frames of `prompt` for every row (the official call).
+        The returned mel is zero on each row's prompt frames and past its x_lens.
+        """
+        batch, length = mu.shape[0], mu.shape[1]
+        if noise is None:
+            noise = torch.randn(
+                (batch, self.in_channels, length), generator=generator, device=mu.device, dtype=mu.dtype
+            )
+        if prompt_lens is None:
+            prompt_lens = torch.full((batch,), prompt.shape[-1], dtype=torch.long, device=mu.device)
+        x_lens = x_lens.to(mu.device).expand(batch)
+        prompt_lens = prompt_lens.to(mu.device)
+
+        # keep = 1 on generated frames (prompt_lens[b] <= i < x_lens[b]), 0 on prompt frames and padding.
+        in_prompt = sequence_mask(prompt_lens, length)[:, None, :]
+        keep = (~in_prompt & sequence_mask(x_lens, length)[:, None, :]).to(mu.dtype)
+        prompt_frames = min(prompt.shape[-1], length)
+        prompt_x = torch.zeros_like(noise)
+        prompt_x[..., :prompt_frames] = prompt[..., :prompt_frames]
+        prompt_x = prompt_x * in_prompt.to(mu.dtype)
+
+        x = noise * temperature * keep
+        t_span = torch.linspace(0, 1, n_timesteps + 1, device=mu.device)
+        t = t_span[0]
+        for step in range(1, n_timesteps + 1):
+            dt = t_span[step] - t_span[step - 1]
+            velocity = self.guided_velocity(x, prompt_x, x_lens, t.expand(batch), style, mu, cfg_rate)
+            # Accumulating t (rather than reading t_span[step]) is what the official solver does.
+            x = (x + dt * velocity) * keep
+            t = t + dt
+        return x

@@ -1,0 +1,229 @@
+"""The whole IndexTTS-2 inference in eager PyTorch, one request at a time, as `infer_v2` runs it.
+
+This is the reference the served stack is checked and measured against: same networks, same order of
+stages, no batching across requests. `official_second_pass=True` also recomputes the s2mel latents with
+a second teacher-forced GPT pass, as the official code does; by default the latents come out of the
+decoding pass itself (our GPT decodes at the trained positions, so the two are equal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from indextts2.checkpoint_dir import IndexTTS2Networks
+from indextts2.emotion import emotion_vector_from_weights, scale_emotion_weights
+from indextts2.frontend.audio import (
+    FEATURE_SAMPLE_RATE,
+    MAX_PROMPT_SECONDS,
+    S2MEL_SAMPLE_RATE,
+    campplus_features,
+    mel_spectrogram,
+    prompt_waveforms,
+    resample,
+    s2mel_mel_args,
+    seamless_m4t_features,
+)
+from indextts2.networks.gpt import SamplingConfig
+
+OUTPUT_SAMPLE_RATE = S2MEL_SAMPLE_RATE
+CODES_TO_MEL_FRAMES = 1.72  # 50 codes/s -> 22050/256 = 86.13 mel frames/s
+SEGMENT_SILENCE_MS = 200  # infer_v2's interval_silence between text segments
+# The official sampling defaults of infer_v2 (its beam search aside: it samples with num_beams=3).
+OFFICIAL_SAMPLING = SamplingConfig(
+    do_sample=True, temperature=0.8, top_k=30, top_p=0.8, repetition_penalty=10.0, max_codes=1500
+)
+
+
+def target_mel_frames(num_codes: int, duration_ratio: float = 1.0) -> int:
+    """Mel frames the s2mel stage produces for `num_codes` GPT codes: round(T_codes * 1.72 * ratio).
+
+    (infer_v2 truncates T_codes * 1.72 instead; the two differ by at most one frame, 11.6 ms.)
+    """
+    return max(1, round(num_codes * CODES_TO_MEL_FRAMES * duration_ratio))
+
+
+@dataclass
+class SpeakerPrompt:
+    """Everything the pipeline derives from the speaker reference audio (cacheable per voice)."""
+
+    semantic_features: torch.Tensor  # (1, T, D) normalised w2v-BERT layer 17
+    prompt_condition: torch.Tensor  # (1, T_ref, C) length-regulated codec embedding of the prompt
+    ref_mel: torch.Tensor  # (1, 80, T_ref)
+    style: torch.Tensor  # (1, 192) CAMPPlus
+    speaker_latents: torch.Tensor  # (1, 32, d) GPT conditioning
+
+
+@dataclass
+class SynthesisResult:
+    waveform: np.ndarray  # float32 in [-1, 1] at OUTPUT_SAMPLE_RATE
+    codes: list[torch.Tensor] = field(default_factory=list)  # per segment
+    mel_frames: list[int] = field(default_factory=list)  # per segment
+
+
+class EagerPipeline:
+    def __init__(self, networks: IndexTTS2Networks, device: str = "cpu"):
+        if networks.semantic_encoder is None or networks.text_frontend is None:
+            raise ValueError("the eager pipeline needs the semantic encoder and the text front-end")
+        self.networks = networks
+        self.device = torch.device(device)
+        self.mel_args = s2mel_mel_args(networks.config["s2mel"])
+
+    def _semantic_features(self, wav_16k: np.ndarray) -> torch.Tensor:
+        features, mask = seamless_m4t_features(wav_16k)
+        features = torch.from_numpy(features)[None].to(self.device)
+        mask = torch.from_numpy(mask)[None].to(self.device)
+        return self.networks.semantic_encoder(features, mask)
+
+    @torch.inference_mode()
+    def speaker_prompt(self, samples: np.ndarray, sample_rate: int) -> SpeakerPrompt:
+        nets = self.networks
+        wav_22k, wav_16k = prompt_waveforms(samples, sample_rate)
+        features = self._semantic_features(wav_16k)
+        lengths = torch.tensor([features.shape[1]], device=self.device)
+        _, codec_embedding = nets.semantic_codec.quantize(features)
+        ref_mel = torch.from_numpy(mel_spectrogram(wav_22k, **self.mel_args))[None].to(self.device)
+        prompt_condition, _ = nets.s2mel.length_regulator(
+            codec_embedding, torch.tensor([ref_mel.shape[-1]], device=self.device)
+        )
+        style = nets.campplus(torch.from_numpy(campplus_features(wav_16k))[None].to(self.device))
+        return SpeakerPrompt(
+            semantic_features=features,
+            prompt_condition=prompt_condition,
+            ref_mel=ref_mel,
+            style=style,
+            speaker_latents=nets.gpt.get_conditioning(features, lengths),
+        )
+
+    @torch.inference_mode()
+    def emotion_features(self, samples: np.ndarray, sample_rate: int) -> torch.Tensor:
+        """An emotion reference is read at 16 kHz and cut to 15 s, as infer_v2 does."""
+        wav_16k = resample(samples, sample_rate, FEATURE_SAMPLE_RATE)[: int(MAX_PROMPT_SECONDS * FEATURE_SAMPLE_RATE)]
+        return self._semantic_features(wav_16k)
+
+    @torch.inference_mode()
+    def emotion_vector(
+        self,
+        speaker: SpeakerPrompt,
+        emotion_features: torch.Tensor | None = None,
+        emo_alpha: float = 1.0,
+        emo_weights: list[float] | None = None,
+    ) -> torch.Tensor:
+        """The GPT's emotion vector (1, d), with infer_v2's rules: an emotion vector (8 weights) overrides
+        the emotion audio; without emotion audio, the speaker's own audio is the emotion reference."""
+        gpt = self.networks.gpt
+        if emo_weights is not None or emotion_features is None:
+            emotion_features, alpha = speaker.semantic_features, 1.0
+        else:
+            alpha = emo_alpha
+        spk = speaker.semantic_features
+        emovec = gpt.merge_emovec(
+            spk,
+            emotion_features,
+            torch.tensor([spk.shape[1]], device=self.device),
+            torch.tensor([emotion_features.shape[1]], device=self.device),
+            alpha,
+        )
+        if emo_weights is not None:
+            weights = scale_emotion_weights(emo_weights, emo_alpha)
+            emovec, _ = emotion_vector_from_weights(self.networks.emotion_bank, weights, speaker.style, emovec)
+        return emovec
+
+    @torch.inference_mode()
+    def synthesize_segment(
+        self,
+        speaker: SpeakerPrompt,
+        emovec: torch.Tensor,
+        text_ids: list[int],
+        sampling: SamplingConfig,
+        duration_ratio: float = 1.0,
+        diffusion_steps: int = 25,
+        cfg_rate: float = 0.7,
+        official_second_pass: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[np.ndarray, torch.Tensor, int]:
+        """One text segment -> (waveform float32, codes, mel frames)."""
+        nets = self.networks
+        gpt = nets.gpt
+        ids = torch.tensor(text_ids, dtype=torch.long, device=self.device)
+        # The official default of 1500 codes can exceed a small model's position table.
+        longest = gpt.max_mel_tokens - 1
+        if sampling.max_codes is None or sampling.max_codes > longest:
+            sampling = SamplingConfig(**{**sampling.__dict__, "max_codes": longest})
+        output = gpt.generate(speaker.speaker_latents, emovec, ids, sampling)
+        codes, latents = output.codes, output.latents
+        if codes.numel() == 0:
+            # The stop code came first: nothing to say. Keep one frame so every stage has input.
+            codes = torch.full((1,), int(gpt.stop_mel_token), dtype=torch.long, device=self.device)
+            latents = output.latents[:1] if output.latents.numel() else torch.zeros(1, gpt.model_dim)
+        if official_second_pass:
+            latents = gpt(
+                speaker.speaker_latents,
+                ids[None],
+                torch.tensor([ids.numel()], device=self.device),
+                codes[None],
+                torch.tensor([codes.numel()], device=self.device),
+                emovec,
+            )[0]
+        s2mel = nets.s2mel
+        content = nets.semantic_codec.vq2emb(codes[None]) + s2mel.gpt_layer(latents[None])
+        mel_frames = target_mel_frames(codes.numel(), duration_ratio)
+        condition, _ = s2mel.length_regulator(content, torch.tensor([mel_frames], device=self.device))
+        full_condition = torch.cat([speaker.prompt_condition, condition], dim=1)
+        mel = s2mel.cfm.inference(
+            full_condition,
+            torch.tensor([full_condition.shape[1]], device=self.device),
+            speaker.ref_mel,
+            speaker.style,
+            diffusion_steps,
+            cfg_rate=cfg_rate,
+            generator=generator,
+        )
+        mel = mel[:, :, speaker.ref_mel.shape[-1]:]
+        waveform = nets.bigvgan(mel)[0, 0]
+        return waveform.float().cpu().numpy(), codes, mel_frames
+
+    def synthesize(
+        self,
+        text: str,
+        speaker_samples: np.ndarray,
+        speaker_sample_rate: int,
+        emotion_samples: np.ndarray | None = None,
+        emotion_sample_rate: int | None = None,
+        emo_alpha: float = 1.0,
+        emo_weights: list[float] | None = None,
+        duration_ratio: float = 1.0,
+        sampling: SamplingConfig = OFFICIAL_SAMPLING,
+        diffusion_steps: int = 25,
+        max_text_tokens_per_segment: int = 120,
+        official_second_pass: bool = False,
+        seed: int | None = None,
+    ) -> SynthesisResult:
+        """Text + reference audio -> 22.05 kHz waveform, segments joined with 200 ms of silence."""
+        speaker = self.speaker_prompt(speaker_samples, speaker_sample_rate)
+        emotion = None
+        if emotion_samples is not None:
+            emotion = self.emotion_features(emotion_samples, emotion_sample_rate or speaker_sample_rate)
+        emovec = self.emotion_vector(speaker, emotion, emo_alpha, emo_weights)
+        segments = self.networks.text_frontend.split_segments(text, max_text_tokens_per_segment)
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        silence = np.zeros(int(OUTPUT_SAMPLE_RATE * SEGMENT_SILENCE_MS / 1000), dtype=np.float32)
+        result = SynthesisResult(waveform=np.zeros(0, dtype=np.float32))
+        pieces: list[np.ndarray] = []
+        for index, text_ids in enumerate(segments):
+            segment_sampling = sampling
+            if seed is not None:
+                segment_sampling = SamplingConfig(**{**sampling.__dict__, "seed": seed + index})
+            waveform, codes, frames = self.synthesize_segment(
+                speaker, emovec, text_ids, segment_sampling, duration_ratio, diffusion_steps,
+                official_second_pass=official_second_pass, generator=generator,
+            )
+            if pieces:
+                pieces.append(silence)
+            pieces.append(waveform)
+            result.codes.append(codes)
+            result.mel_frames.append(frames)
+        result.waveform = np.concatenate(pieces) if pieces else result.waveform
+        return result

@@ -1,0 +1,25 @@
+"""Run a real tritonserver locally (from the nvidia-pytriton wheel) with a Python-based ONNX backend."""
+
+from local_triton.launcher import (
+    LocalTritonServer,
+    TritonInstallation,
+    TritonNotInstalledError,
+    TritonStartError,
+    build_backend_directory,
+    find_free_port,
+    find_triton_installation,
+    python_library_dir,
+    server_environment,
+)
+
+__all__ = [
+    "LocalTritonServer",
+    "TritonInstallation",
+    "TritonNotInstalledError",
+    "TritonStartError",
+    "build_backend_directory",
+    "find_free_port",
+    "find_triton_installation",
+    "python_library_dir",
+    "server_environment",
+]

@@ -1,0 +1,169 @@
+"""BigVGAN v2 vocoder against the official outputs (GOLDEN.md: bigvgan.npz, pipeline_s2mel_bigvgan.npz)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from golden import load_golden
+
+from indextts2.checkpoint import CheckpointError, fold_weight_norm, torch_load
+from indextts2.networks.bigvgan import (
+    BigVGAN,
+    bigvgan_official_checkpoint,
+    build_bigvgan,
+    kaiser_sinc_filter,
+    load_bigvgan,
+)
+
+CHAIN_TOLERANCE = 1e-3  # GOLDEN.md: long op chains (bigvgan, pipeline_*)
+
+
+@pytest.fixture(scope="module")
+def bigvgan_dir(golden_tiny: Path) -> Path:
+    return golden_tiny / "hf_cache" / "bigvgan"
+
+
+@pytest.fixture(scope="module")
+def vocoder(bigvgan_dir: Path) -> BigVGAN:
+    return load_bigvgan(bigvgan_dir)
+
+
+def _copy_with_generator(bigvgan_dir: Path, out_dir: Path, generator: dict[str, torch.Tensor]) -> Path:
+    out_dir.mkdir()
+    shutil.copy(bigvgan_dir / "config.json", out_dir / "config.json")
+    torch.save({"generator": generator}, out_dir / "bigvgan_generator.pt")
+    return out_dir
+
+
+def test_bigvgan_matches_official_waveform(vocoder: BigVGAN, golden_tiny: Path) -> None:
+    golden = load_golden(golden_tiny, "bigvgan")
+    with torch.no_grad():
+        wav = vocoder(torch.from_numpy(golden["mel"]))
+    assert wav.shape == golden["wav"].shape
+    np.testing.assert_allclose(wav.numpy(), golden["wav"], rtol=0, atol=CHAIN_TOLERANCE)
+
+
+def test_bigvgan_reproduces_pipeline_waveform_from_vc_target(vocoder: BigVGAN, golden_tiny: Path) -> None:
+    golden = load_golden(golden_tiny, "pipeline_s2mel_bigvgan")
+    with torch.no_grad():
+        wav = vocoder(torch.from_numpy(golden["vc_target"])).squeeze().unsqueeze(0)
+    np.testing.assert_allclose(wav.numpy(), golden["wav"], rtol=0, atol=CHAIN_TOLERANCE)
+
+
+def test_bigvgan_reads_its_shape_from_config_json(vocoder: BigVGAN, bigvgan_dir: Path) -> None:
+    h = json.loads((bigvgan_dir / "config.json").read_text())
+    assert vocoder.hop_length == int(np.prod(h["upsample_rates"])) == 256
+    assert vocoder.conv_pre.out_channels == h["upsample_initial_channel"]
+    assert len(vocoder.resblocks) == len(h["upsample_rates"]) * len(h["resblock_kernel_sizes"])
+    assert vocoder.conv_post.bias is None  # use_bias_at_final: false
+    assert not vocoder.use_tanh_at_final
+
+
+def test_computed_antialias_filters_equal_the_checkpoint_buffers(bigvgan_dir: Path) -> None:
+    generator = torch_load(bigvgan_dir / "bigvgan_generator.pt")["generator"]
+    expected = kaiser_sinc_filter(cutoff=0.25, half_width=0.3, kernel_size=12)
+    filters = [key for key in generator if key.endswith(".filter")]
+    assert filters
+    for key in filters:
+        torch.testing.assert_close(generator[key], expected, rtol=0, atol=1e-7)
+
+
+def test_output_is_clamped_to_unit_range_without_tanh(vocoder: BigVGAN, golden_tiny: Path) -> None:
+    mel = torch.from_numpy(load_golden(golden_tiny, "bigvgan")["mel"])
+    loud = copy.deepcopy(vocoder)
+    with torch.no_grad():
+        loud.conv_post.weight.mul_(1000.0)
+        positive = loud(mel)
+        loud.conv_post.weight.neg_()
+        negative = loud(mel)
+    # The random weights give a DC offset, so a loud output saturates on the side of its sign.
+    assert positive.max().item() == 1.0 and negative.min().item() == -1.0
+    assert positive.abs().max().item() == negative.abs().max().item() == 1.0
+
+
+def test_official_checkpoint_round_trip(
+    vocoder: BigVGAN, bigvgan_dir: Path, tmp_path: Path, golden_tiny: Path
+) -> None:
+    official = torch_load(bigvgan_dir / "bigvgan_generator.pt")["generator"]
+    written = bigvgan_official_checkpoint(vocoder)
+    assert set(written) == {"generator"}
+    assert {k: tuple(v.shape) for k, v in written["generator"].items()} == {
+        k: tuple(v.shape) for k, v in official.items()
+    }
+    # weight_v is only defined up to scale, so compare what the network uses: the folded weights.
+    folded_written, folded_official = fold_weight_norm(written["generator"]), fold_weight_norm(official)
+    for key, tensor in folded_official.items():
+        torch.testing.assert_close(folded_written[key], tensor, rtol=1e-5, atol=1e-6, msg=key)
+
+    reloaded = load_bigvgan(_copy_with_generator(bigvgan_dir, tmp_path / "bigvgan", written["generator"]))
+    mel = torch.from_numpy(load_golden(golden_tiny, "bigvgan")["mel"])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(mel), vocoder(mel), rtol=0, atol=1e-6)
+
+
+def test_config_without_tanh_flag_uses_tanh_and_other_shapes_build() -> None:
+    h = {
+        "resblock": "1",
+        "num_mels": 20,
+        "upsample_rates": [2, 3],
+        "upsample_kernel_sizes": [4, 5],
+        "upsample_initial_channel": 16,
+        "resblock_kernel_sizes": [3],
+        "resblock_dilation_sizes": [[1, 2]],
+        "activation": "snake",
+        "snake_logscale": False,
+    }
+    model = build_bigvgan(h).eval()
+    with torch.no_grad():
+        wav = model(torch.randn(2, 20, 7))
+    assert wav.shape == (2, 1, 7 * 6)
+    assert model.use_tanh_at_final and model.conv_post.bias is not None
+    assert wav.abs().max() < 1.0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"activation": "relu"}, "unknown activation 'relu'"), ({"resblock": "2"}, "resblock '2'")],
+)
+def test_build_rejects_unsupported_config(bigvgan_dir: Path, change: dict, message: str) -> None:
+    h = {**json.loads((bigvgan_dir / "config.json").read_text()), **change}
+    with pytest.raises(ValueError, match=message):
+        build_bigvgan(h)
+
+
+def _corrupt_cases(official: dict[str, torch.Tensor]) -> list[tuple[dict[str, torch.Tensor], list[str]]]:
+    missing = {k: v for k, v in official.items() if k != "conv_pre.bias"}
+    unexpected = {**official, "conv_post.bias": torch.zeros(1)}
+    misshaped = {**official, "ups.0.0.bias": torch.zeros(65)}
+    return [
+        (missing, ["missing key 'conv_pre.bias'", "(128,)"]),
+        (unexpected, ["unexpected key 'conv_post.bias'", "(1,)"]),
+        (misshaped, ["'ups.0.0.bias'", "(65,)", "(64,)"]),
+    ]
+
+
+def test_strict_loading_errors_name_file_key_and_shapes(bigvgan_dir: Path, tmp_path: Path) -> None:
+    official = torch_load(bigvgan_dir / "bigvgan_generator.pt")["generator"]
+    for i, (generator, fragments) in enumerate(_corrupt_cases(official)):
+        directory = _copy_with_generator(bigvgan_dir, tmp_path / f"case{i}", generator)
+        with pytest.raises(CheckpointError) as error:
+            load_bigvgan(directory)
+        text = str(error.value)
+        assert str(directory / "bigvgan_generator.pt") in text
+        for fragment in fragments:
+            assert fragment in text
+
+
+def test_loading_needs_the_generator_wrapper(bigvgan_dir: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "bare"
+    directory.mkdir()
+    shutil.copy(bigvgan_dir / "config.json", directory / "config.json")
+    torch.save(torch_load(bigvgan_dir / "bigvgan_generator.pt")["generator"], directory / "bigvgan_generator.pt")
+    with pytest.raises(CheckpointError, match="'generator'"):
+        load_bigvgan(directory)
