@@ -27,3 +27,21 @@ def _deterministic_torch():
     torch.manual_seed(0)
     yield
 
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory):
+    """The demo preset, written once per test session."""
+    from indextts2.demo import write_demo_checkpoint
+
+    return write_demo_checkpoint(tmp_path_factory.mktemp("demo_checkpoint"))
+
+
+@pytest.fixture(scope="session")
+def demo_repository(tmp_path_factory, demo_checkpoint):
+    """A complete model repository exported from the demo preset (ONNX verified at export)."""
+    from export.repository import export_repository
+
+    repository = tmp_path_factory.mktemp("demo_repository")
+    result = export_repository(demo_checkpoint, repository, progress=lambda line: None)
+    return result

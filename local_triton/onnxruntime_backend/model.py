@@ -27,6 +27,9 @@ Triton's dynamic batcher only puts requests of different shapes into one execute
 inputs that differ say `allow_ragged_batch: true` in the config; without it every call holds one
 shape and the grouping/padding above never has anything to do.
 
+An input's `reshape` (e.g. `dims: [ 1 ] reshape: { shape: [ ] }`, the usual way to send one length per
+request) is applied before the model runs, as Triton's own ONNX Runtime backend does.
+
 Other parameters: intra_op_num_threads (alias intra_op_thread_count), inter_op_num_threads (alias
 inter_op_thread_count). Instances of kind GPU use the CUDA execution provider when onnxruntime has
 it, otherwise the CPU one.
@@ -161,6 +164,11 @@ class TritonPythonModel:
         onnx_inputs = {node.name for node in self.session.get_inputs()}
         onnx_outputs = [node.name for node in self.session.get_outputs()]
         self.input_names = [entry["name"] for entry in config.get("input", [])]
+        self.input_reshapes = {
+            entry["name"]: [int(d) for d in entry["reshape"].get("shape", [])]
+            for entry in config.get("input", [])
+            if "reshape" in entry
+        }
         self.output_names = [entry["name"] for entry in config.get("output", [])] or onnx_outputs
         unknown_inputs = [name for name in self.input_names if name not in onnx_inputs]
         unknown_outputs = [name for name in self.output_names if name not in onnx_outputs]
@@ -199,7 +207,11 @@ class TritonPythonModel:
         for name in self.input_names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
-                feeds[name] = tensor.as_numpy()
+                array = tensor.as_numpy()
+                if name in self.input_reshapes:
+                    batch = list(array.shape[:1]) if self.max_batch_size > 0 else []
+                    array = array.reshape(batch + self.input_reshapes[name])
+                feeds[name] = array
         return feeds
 
     def _count_rows(self, feeds: dict[str, np.ndarray]) -> int:

@@ -1,0 +1,110 @@
+"""Write a Triton model repository from a checkpoint directory (or the demo preset).
+
+The committed `model_repository/` holds every model's `config.pbtxt` and Python code; this step adds
+what is generated from a checkpoint: `<model>/1/model.onnx` for the ONNX stages, each verified against
+PyTorch, and the checkpoint files the Python-backend models load (`<model>/1/weights/`). Writing into
+another folder copies the committed configs and code there first, so the result is self-contained.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from export.onnx_export import StageReport, export_stage
+from export.stages import build_onnx_stages
+from indextts2.checkpoint_dir import (
+    DEFAULT_BIGVGAN_DIR,
+    DEFAULT_SEMANTIC_CODEC,
+    CheckpointPaths,
+    load_networks,
+)
+
+COMMITTED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+ONNX_FILE = "model.onnx"
+WEIGHTS_DIR = "weights"
+
+
+@dataclass
+class ExportResult:
+    repository: Path
+    stages: list[StageReport]
+
+
+def _copy_committed_repository(destination: Path) -> None:
+    """Copy configs and model code (not generated files) of the committed repository."""
+    if destination.resolve() == COMMITTED_REPOSITORY.resolve():
+        return
+    for source in COMMITTED_REPOSITORY.rglob("*"):
+        relative = source.relative_to(COMMITTED_REPOSITORY)
+        if source.is_dir() or "__pycache__" in relative.parts or WEIGHTS_DIR in relative.parts:
+            continue
+        if source.suffix in (".onnx", ".data"):
+            continue
+        target = destination / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def _copy_python_model_weights(paths: CheckpointPaths, config: dict, repository: Path) -> None:
+    """The Python-backend models load our networks from the official files, so they get copies of
+    the files they need (config.yaml + checkpoints) in `<model>/1/weights/`, in the official layout."""
+    gpt_files = ["config.yaml", config["gpt_checkpoint"]]
+    s2mel_files = ["config.yaml", config["s2mel_checkpoint"], DEFAULT_SEMANTIC_CODEC]
+    for model, files in (("gpt_decoder", gpt_files), ("s2mel", s2mel_files)):
+        weights = repository / model / "1" / WEIGHTS_DIR
+        if weights.exists():
+            shutil.rmtree(weights)
+        for name in files:
+            source = paths.semantic_codec if name == DEFAULT_SEMANTIC_CODEC else paths.model_dir / name
+            target = weights / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    # The s2mel model's vocoder config travels too: it says which sample rate the waveform has.
+    bigvgan_config = paths.bigvgan_dir / "config.json"
+    target = repository / "s2mel" / "1" / WEIGHTS_DIR / DEFAULT_BIGVGAN_DIR / "config.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(bigvgan_config, target)
+
+
+def export_repository(
+    paths: CheckpointPaths,
+    repository: Path = COMMITTED_REPOSITORY,
+    fp16: bool = False,
+    device: str = "cpu",
+    only: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export every ONNX stage of `paths` into `repository`, verified, plus the Python models' weights.
+
+    `only` limits the ONNX stages exported (by Triton model name). Raises ExportVerificationError when a
+    stage's ONNX output differs from PyTorch beyond its tolerance.
+    """
+    say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    repository = Path(repository)
+    repository.mkdir(parents=True, exist_ok=True)
+    _copy_committed_repository(repository)
+
+    say(f"loading {paths.model_dir}")
+    networks = load_networks(paths)
+    stages = build_onnx_stages(networks)
+    if only:
+        unknown = sorted(set(only) - {stage.name for stage in stages})
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages are {[stage.name for stage in stages]}")
+        stages = [stage for stage in stages if stage.name in only]
+
+    reports = []
+    with torch.no_grad():
+        for index, stage in enumerate(stages, start=1):
+            say(f"[{index}/{len(stages)}] exporting {stage.name} ...")
+            report = export_stage(stage, repository / stage.name / "1" / ONNX_FILE, fp16=fp16, device=device)
+            say(f"[{index}/{len(stages)}] {report.line()}")
+            reports.append(report)
+    _copy_python_model_weights(paths, networks.config, repository)
+    return ExportResult(repository, reports)
