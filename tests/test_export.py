@@ -95,7 +95,7 @@ def test_only_selects_stages_and_unknown_names_are_refused(tmp_path, demo_checkp
 def test_cli_reports_a_missing_checkpoint_clearly(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "export", str(tmp_path / "missing"), "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1
     assert "has no config.yaml" in result.stderr

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
-from tritonclient.utils import np_to_triton_dtype  # noqa: E402
+from tritonclient.utils import np_to_triton_dtype
 
-from local_triton import LocalTritonServer  # noqa: E402
+from local_triton import LocalTritonServer
 
 ONNX_MODELS = [
     "semantic_encoder", "semantic_codec", "campplus", "speaker_conditioner", "emotion_conditioner",
