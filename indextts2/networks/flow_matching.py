@@ -14,10 +14,17 @@ padding at each row's own end. Frames past x_lens[b] are returned as zeros.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from indextts2.networks.dit import DiT, sequence_mask
+
+
+# (x, prompt_x, x_lens, t, style, mu) -> velocity: the DiT, or a served copy of it (Triton BLS).
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                      torch.Tensor]
 
 
 class CFM(nn.Module):
@@ -35,21 +42,27 @@ class CFM(nn.Module):
         style: torch.Tensor,
         mu: torch.Tensor,
         cfg_rate: float,
+        velocity_fn: VelocityFn | None = None,
     ) -> torch.Tensor:
-        """One velocity evaluation, with classifier-free guidance when cfg_rate > 0. t: (B,)."""
+        """One velocity evaluation, with classifier-free guidance when cfg_rate > 0. t: (B,).
+
+        velocity_fn replaces the in-process DiT (e.g. by the same DiT served by Triton)."""
+        estimate = velocity_fn or self._estimate
         if cfg_rate <= 0:
-            return self.estimator(x, prompt_x, x_lens, t, style, mu, reflect_at_row_end=True)
-        both = self.estimator(
+            return estimate(x, prompt_x, x_lens, t, style, mu)
+        both = estimate(
             torch.cat([x, x]),
             torch.cat([prompt_x, torch.zeros_like(prompt_x)]),
             torch.cat([x_lens, x_lens]),
             torch.cat([t, t]),
             torch.cat([style, torch.zeros_like(style)]),
             torch.cat([mu, torch.zeros_like(mu)]),
-            reflect_at_row_end=True,
         )
         cond, uncond = both.chunk(2, dim=0)
         return (1.0 + cfg_rate) * cond - cfg_rate * uncond
+
+    def _estimate(self, x, prompt_x, x_lens, t, style, mu) -> torch.Tensor:
+        return self.estimator(x, prompt_x, x_lens, t, style, mu, reflect_at_row_end=True)
 
     @torch.no_grad()
     def inference(
@@ -64,6 +77,7 @@ class CFM(nn.Module):
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         prompt_lens: torch.Tensor | None = None,
+        velocity_fn: VelocityFn | None = None,
     ) -> torch.Tensor:
         """mu (B, T, C) condition, x_lens (B,), prompt (B, 80, Tp) reference mel, style (B, 192) -> mel (B, 80, T).
 
@@ -95,7 +109,7 @@ class CFM(nn.Module):
         t = t_span[0]
         for step in range(1, n_timesteps + 1):
             dt = t_span[step] - t_span[step - 1]
-            velocity = self.guided_velocity(x, prompt_x, x_lens, t.expand(batch), style, mu, cfg_rate)
+            velocity = self.guided_velocity(x, prompt_x, x_lens, t.expand(batch), style, mu, cfg_rate, velocity_fn)
             # Accumulating t (rather than reading t_span[step]) is what the official solver does.
             x = (x + dt * velocity) * keep
             t = t + dt
