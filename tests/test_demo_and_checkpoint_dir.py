@@ -28,6 +28,16 @@ def _reference_audio(seconds: float, sample_rate: int = 24000, seed: int = 0) ->
     return (0.3 * np.sin(2 * np.pi * 180 * t * (1 + 0.2 * t)) + 0.03 * noise).astype(np.float32)
 
 
+def _flatten(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    flat: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def test_demo_checkpoint_has_the_official_layout_and_is_small(demo_checkpoint):
     for name in OFFICIAL_FILES:
         assert (demo_checkpoint.model_dir / name).is_file(), name
@@ -40,11 +50,7 @@ def test_demo_checkpoint_is_deterministic_for_a_seed(tmp_path, demo_checkpoint):
     for name in ("gpt.pth", "s2mel.pth", "hf_cache/campplus_cn_common.bin"):
         first = torch.load(demo_checkpoint.model_dir / name, weights_only=True)
         second = torch.load(again.model_dir / name, weights_only=True)
-        flat = lambda d, p="": {  # noqa: E731
-            k2: v2 for k, v in d.items() for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict)
-                                                         else {f"{p}{k}": v}.items())
-        }
-        a, b = flat(first), flat(second)
+        a, b = _flatten(first), _flatten(second)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     other = write_demo_checkpoint(tmp_path / "other", seed=1)

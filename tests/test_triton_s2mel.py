@@ -11,11 +11,11 @@ import pytest
 import torch
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
-from tritonclient.utils import np_to_triton_dtype  # noqa: E402
+from tritonclient.utils import np_to_triton_dtype
 
-from indextts2.checkpoint_dir import load_networks  # noqa: E402
-from indextts2.engine.s2mel_batch import S2MelBatcher, S2MelRequest  # noqa: E402
-from local_triton import LocalTritonServer  # noqa: E402
+from indextts2.checkpoint_dir import load_networks
+from indextts2.engine.s2mel_batch import S2MelBatcher, S2MelRequest
+from local_triton import LocalTritonServer
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from torch import nn
 
 from indextts2.networks.dit import DiT, sequence_mask
 
-
 # (x, prompt_x, x_lens, t, style, mu) -> velocity: the DiT, or a served copy of it (Triton BLS).
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
                       torch.Tensor]
