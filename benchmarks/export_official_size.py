@@ -601,36 +601,44 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "## ONNX stages (each exported in its own process)",
         "",
-        ("| Stage | ONNX size | External data | Load (s) | Export (s) | Verify (s) | Process wall (s) "
+        ("| Stage | Loads | ONNX size | External data | Load (s) | Export (s) | Verify (s) | Process wall (s) "
          "| Peak RSS | Max abs error | Tolerance | Status |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for stage in report["stages"]:
         error = stage.get("max_abs_error")
+        loads = ", ".join(stage.get("networks_loaded", [])) or "-"
         lines.append(
-            f"| {stage['name']} | {_fmt_bytes(stage.get('onnx_bytes'))} | "
+            f"| {stage['name']} | {loads} | {_fmt_bytes(stage.get('onnx_bytes'))} | "
             f"{_fmt_bytes(stage.get('external_data_bytes')) if stage.get('external_data_bytes') else 'none'} | "
             f"{_fmt_seconds(stage.get('load_seconds'))} | {_fmt_seconds(stage.get('export_seconds'))} | "
             f"{_fmt_seconds(stage.get('verify_seconds'))} | {_fmt_seconds(stage['wall_seconds'])} | "
             f"{_fmt_bytes(stage['peak_rss_bytes'])} | {'-' if error is None else f'{error:.2e}'} | "
             f"{stage['tolerance']:.0e} | {stage['status']} |"
             if stage.get("tolerance") is not None else
-            f"| {stage['name']} | - | - | - | - | - | {_fmt_seconds(stage['wall_seconds'])} | "
+            f"| {stage['name']} | {loads} | - | - | - | - | - | {_fmt_seconds(stage['wall_seconds'])} | "
             f"{_fmt_bytes(stage['peak_rss_bytes'])} | - | - | {stage['status']} |"
         )
     total_onnx = sum(stage.get("onnx_bytes") or 0 for stage in report["stages"])
+    largest = max(report["stages"], key=lambda stage: stage.get("onnx_bytes") or 0, default=None)
     lines += [
         "",
         (f"Total ONNX size {_fmt_bytes(total_onnx)}; whole run {_fmt_seconds(report['wall_seconds'])} s wall "
          "(checkpoint, stage listing and every stage process)."),
+    ]
+    if largest is not None and largest.get("onnx_bytes"):
+        over = [stage["name"] for stage in report["stages"] if (stage.get("onnx_bytes") or 0) >= PROTOBUF_LIMIT]
+        lines.append(
+            f"Largest model: {largest['name']}, {_fmt_bytes(largest['onnx_bytes'])}; "
+            + (f"over the {_fmt_bytes(PROTOBUF_LIMIT)} protobuf limit, so written with external data: "
+               f"{', '.join(over)}." if over else f"every model fits one protobuf ({_fmt_bytes(PROTOBUF_LIMIT)} limit).")
+        )
+    lines += [
         "",
         ("Load: reading the networks the stage uses. Export: `torch.onnx.export`. Verify: ONNX Runtime vs "
          "PyTorch on two other batch/length shapes. Process wall: the whole stage process, imports included. "
          "Peak RSS: the stage process's ru_maxrss (interpreter, torch and the loaded networks included)."),
     ]
-    over = [stage["name"] for stage in report["stages"] if (stage.get("model_onnx_bytes") or 0) >= PROTOBUF_LIMIT]
-    if over:
-        lines.append(f"Over the 2 GiB protobuf limit (external data needed): {', '.join(over)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -660,6 +668,9 @@ def run(args: argparse.Namespace) -> int:
                 _say(f"[checkpoint] failed (exit status {run_.returncode})")
                 return 1
             parts = run_.result["parts"]
+            chosen = preset(args.preset)
+            report["dimensions"] = {"config.yaml": chosen.config, "bigvgan config.json": chosen.bigvgan,
+                                    "campplus": chosen.campplus or "CAMPPlus defaults", "w2v-bert": chosen.w2v_bert}
             report["checkpoint"] = {
                 "written": True, "path": str(checkpoint_dir), "parts": parts,
                 "bytes": sum(part["bytes"] for part in parts), "seconds": sum(part["seconds"] for part in parts),

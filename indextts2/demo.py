@@ -41,15 +41,14 @@ TEXT_VOCAB = 512
 MEL_CODEBOOK = 256
 EMO_NUM = [3, 17, 2, 8, 4, 5, 10, 24]  # the official grouping of feat1/feat2 rows by emotion
 STYLE_DIM = 192  # CAMPPlus embedding width, which the s2mel DiT takes as is
-# Per-step probability of the stop code that the demo GPT is tuned to (see `_tune_stop_code`): the
-# random network then ends a sequence after ~1/p codes, as a trained one ends at the text's end.
-DEMO_STOP_PROBABILITY = 1 / 60
 
 DEMO_CONFIG: dict[str, Any] = {
     "dataset": {"bpe_model": "bpe.model", "sample_rate": 24000, "squeeze": False},
     "gpt": {
         "model_dim": 64,
-        "max_mel_tokens": 600,
+        # A random GPT has no notion of the text's end: it stops when it happens to sample the stop
+        # code, or after max_mel_tokens - 1 codes (5 s of audio).
+        "max_mel_tokens": 250,
         "max_text_tokens": 120,
         "heads": 4,
         "use_mel_codes_as_input": True,
@@ -156,20 +155,17 @@ def _randomise_batch_norm_stats_(module: torch.nn.Module, generator: torch.Gener
                 layer.running_var.copy_(1.0 + 0.1 * torch.rand(layer.running_var.shape, generator=generator))
 
 
-def _tune_stop_code(gpt: torch.nn.Module, stop_code: int, probability: float) -> None:
-    """Raise the stop code's logit bias so that, at temperature 1, it takes about `probability` of the
-    mass of an average step: random logits have no notion of the text's end."""
-    with torch.no_grad():
-        bias = gpt.mel_head.bias
-        others = torch.logsumexp(bias[torch.arange(bias.shape[0]) != stop_code], dim=0)
-        bias[stop_code] = others + torch.log(torch.tensor(probability / (1 - probability)))
+def write_demo_checkpoint(out_dir: str | Path, seed: int = 0, max_mel_tokens: int | None = None) -> CheckpointPaths:
+    """Write the demo checkpoint into `out_dir` (created if needed) and return its paths.
 
-
-def write_demo_checkpoint(out_dir: str | Path, seed: int = 0) -> CheckpointPaths:
-    """Write the demo checkpoint into `out_dir` (created if needed) and return its paths."""
+    `max_mel_tokens` overrides the GPT's longest sequence (its mel position table), e.g. for tests that
+    need a request to run for a long time.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = copy.deepcopy(DEMO_CONFIG)
+    if max_mel_tokens is not None:
+        config["gpt"]["max_mel_tokens"] = int(max_mel_tokens)
     generator = torch.Generator().manual_seed(seed)
 
     with torch.random.fork_rng(devices=[]):
@@ -181,7 +177,6 @@ def write_demo_checkpoint(out_dir: str | Path, seed: int = 0) -> CheckpointPaths
 
         gpt = build_gpt(config["gpt"], feature_dim=SEMANTIC_DIM)
         _perturb_(gpt, generator)
-        _tune_stop_code(gpt, config["gpt"]["stop_mel_token"], DEMO_STOP_PROBABILITY)
         torch.save(gpt.state_dict(), out_dir / config["gpt_checkpoint"])
 
         s2mel = build_s2mel(config["s2mel"], gpt_latent_dim=config["gpt"]["model_dim"])

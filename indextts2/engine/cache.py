@@ -9,6 +9,9 @@ up to `kv_len` positions. The attention layers only call `update(positions, k, v
 on a `KVCache`, so the GPT code needs no engine-specific branch. A view makes two things cheap:
 prefilling one sequence straight into its own row, and reading keys only as far as the longest
 sequence of the batch has written (on the CPU; CUDA graphs read the fixed `max_len`).
+
+Masks hide stale keys but do not keep them out of the arithmetic, so every position of a free row
+holds zeros or finite values (see `release`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ class CacheRows:
         self.v = cache.v[first : first + count]
         self.kv_len = kv_len
 
-    def update(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         index = positions[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
         # Slices of the storage are views: writing into them writes into the storage.
         self.k.scatter_(2, index, k.to(self.k.dtype))
@@ -80,15 +85,24 @@ class KVCacheManager:
         self._used.add(slot)
         return slot
 
-    def release(self, slot: int) -> None:
-        """Free a slot. Its stale keys stay: a new owner overwrites what it reads (masks do the rest)."""
+    def release(self, slot: int, used_len: int) -> None:
+        """Free a slot whose owner wrote positions [0, used_len); they are zeroed.
+
+        A masked key still enters the attention arithmetic: a NaN or inf left behind by a failed
+        sequence would turn the next owner's output into NaN although the mask hides it.
+        """
         if slot not in self._used:
             raise ValueError(f"KV cache slot {slot} is not in use")
+        for cache in self.layers:
+            cache.k[slot, :, :used_len].zero_()
+            cache.v[slot, :, :used_len].zero_()
         self._used.remove(slot)
         heapq.heappush(self._free, slot)
 
     def rows(self, first: int, count: int, kv_len: int) -> list[CacheRows]:
         """Per-layer views of rows [first, first + count), read up to `kv_len` positions."""
         if first < 0 or first + count > self.num_slots or not 0 < kv_len <= self.max_len:
-            raise ValueError(f"rows [{first}, {first + count}) x {kv_len} do not fit {self.num_slots} x {self.max_len}")
+            raise ValueError(
+                f"rows [{first}, {first + count}) x {kv_len} do not fit {self.num_slots} x {self.max_len}"
+            )
         return [CacheRows(cache, first, count, kv_len) for cache in self.layers]

@@ -79,7 +79,8 @@ class CudaDecodeGraphs:
         pool = None
         for bucket in reversed(self.buckets):  # the largest first, the others reuse its memory pool
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            # thread_local: CUDA work of other threads (other Triton models) must not break capture.
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                 self.hidden[bucket] = self._forward(bucket)
             pool = graph.pool()
             self.graphs[bucket] = graph
@@ -97,7 +98,11 @@ class CudaDecodeGraphs:
         )
 
     def run(
-        self, codes: torch.Tensor, mel_positions: torch.Tensor, cache_positions: torch.Tensor, lengths: torch.Tensor
+        self,
+        codes: torch.Tensor,
+        mel_positions: torch.Tensor,
+        cache_positions: torch.Tensor,
+        lengths: torch.Tensor,
     ) -> tuple[torch.Tensor, int]:
         """-> ((R, d) hidden states, valid until the next replay; the bucket size that ran)."""
         rows = codes.shape[0]
@@ -154,14 +159,16 @@ class ModelRunner:
             row_codes[slot] = code
             row_mel_positions[slot] = mel_position
             row_cache_positions[slot] = cache_position
-        codes_t, mel_t, cache_t = self._long(row_codes), self._long(row_mel_positions), self._long(row_cache_positions)
+        codes_t = self._long(row_codes)
+        mel_t = self._long(row_mel_positions)
+        cache_t = self._long(row_cache_positions)
         lengths = cache_t + 1
         select = self._long(slots)
         if self.cuda_graphs is not None:
             hidden, rows_run = self.cuda_graphs.run(codes_t, mel_t, cache_t, lengths)
             return hidden[select], rows_run
-        kv_len = max(cache_positions) + 1
-        hidden = decode_rows(self.model, self.cache, codes_t, mel_t, cache_t, lengths, self._key_index[:kv_len])
+        key_index = self._key_index[: max(cache_positions) + 1]
+        hidden = decode_rows(self.model, self.cache, codes_t, mel_t, cache_t, lengths, key_index)
         return hidden[select], rows
 
     def _long(self, values: list[int]) -> torch.Tensor:

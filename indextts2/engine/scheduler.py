@@ -34,6 +34,8 @@ class Sequence:
     sampler: SequenceSampler
     prefix_len: int  # conditioning + framed text, without the start code
     max_codes: int
+    # (speaker latents, emotion vector, text ids), checked at submission, dropped after the prefill
+    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     slot: int = -1
     steps_done: int = 0  # tokens fed after the prefix
     num_codes: int = 0

@@ -1,0 +1,78 @@
+"""What the orchestrator reads from the checkpoint directory: four small files, no weights.
+
+- config.yaml: the emotion groups (`emo_num`), the GPT's limits (text positions, longest code
+  sequence, stop code, width) and the s2mel mel parameters for the reference mel;
+- bpe.model: the text front-end (normalise, SentencePiece, split into segments);
+- feat1.pt / feat2.pt: the emotion bank that an 8-weight emotion vector selects from.
+
+The same files sit in every official checkpoint directory and in the demo preset, so the service
+points at the directory the model repository was exported from (setting CHECKPOINT_DIR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from indextts2.checkpoint import CheckpointError
+from indextts2.config import load_config
+from indextts2.emotion import EmotionBank, load_emotion_bank
+from indextts2.frontend.audio import s2mel_mel_args
+from indextts2.frontend.text import TextError, TextFrontend
+from orchestrator.settings import SettingsError
+
+OFFICIAL_MAX_CODES = 1500  # infer_v2's max_mel_tokens argument
+
+
+@dataclass(frozen=True)
+class ModelAssets:
+    checkpoint_dir: Path
+    config: dict[str, Any]
+    text_frontend: TextFrontend
+    emotion_bank: EmotionBank
+    mel_args: dict[str, Any]
+
+    @property
+    def gpt_dim(self) -> int:
+        return int(self.config["gpt"]["model_dim"])
+
+    @property
+    def max_codes_limit(self) -> int:
+        """The longest code sequence the GPT's position table allows (as EagerPipeline clamps it)."""
+        return int(self.config["gpt"]["max_mel_tokens"]) - 1
+
+    @property
+    def default_max_codes(self) -> int:
+        return min(OFFICIAL_MAX_CODES, self.max_codes_limit)
+
+    @property
+    def max_text_tokens(self) -> int:
+        return int(self.config["gpt"]["max_text_tokens"])
+
+    @property
+    def emotion_count(self) -> int:
+        return len(self.emotion_bank.emo_groups)
+
+    @classmethod
+    def load(cls, checkpoint_dir: str | Path) -> ModelAssets:
+        """Raises SettingsError naming the directory and the file when something is missing."""
+        checkpoint_dir = Path(checkpoint_dir)
+        config_path = checkpoint_dir / "config.yaml"
+        if not config_path.is_file():
+            raise SettingsError(
+                f"CHECKPOINT_DIR={checkpoint_dir} is not an IndexTTS-2 checkpoint directory: no config.yaml"
+            )
+        try:
+            config = load_config(config_path)
+            bpe = checkpoint_dir / str(config.get("dataset", {}).get("bpe_model", "bpe.model"))
+            text_frontend = TextFrontend(bpe)
+            bank = load_emotion_bank(
+                checkpoint_dir / str(config["spk_matrix"]), checkpoint_dir / str(config["emo_matrix"]),
+                config["emo_num"],
+            )
+            mel_args = s2mel_mel_args(config["s2mel"])
+            int(config["gpt"]["model_dim"]), int(config["gpt"]["max_mel_tokens"])
+        except (OSError, KeyError, TypeError, ValueError, CheckpointError, TextError) as error:
+            raise SettingsError(f"CHECKPOINT_DIR={checkpoint_dir}: {type(error).__name__}: {error}") from error
+        return cls(checkpoint_dir, config, text_frontend, bank, mel_args)

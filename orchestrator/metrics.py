@@ -1,0 +1,44 @@
+"""Prometheus metrics of the service, in a registry of its own per app (so tests can build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+# Stage calls take from ~1 ms (an encoder on a short prompt) to minutes (a long GPT stream on a CPU).
+STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tts_http_requests", "HTTP requests by route template and status code.",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "tts_http_request_seconds", "Time from request to the last byte of the response.",
+            ["route"], buckets=STAGE_BUCKETS, registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "tts_stage_seconds", "Latency of one stage call (a Triton model, or in-process work).",
+            ["stage"], buckets=STAGE_BUCKETS, registry=self.registry,
+        )
+        self.stage_errors = Counter(
+            "tts_stage_errors", "Failed stage calls by stage and error type.",
+            ["stage", "error_type"], registry=self.registry,
+        )
+        self.audio_seconds = Counter(
+            "tts_audio_seconds", "Seconds of audio produced, silences between segments included.",
+            ["route"], registry=self.registry,
+        )
+        self.conditioning_cache = Counter(
+            "tts_conditioning_cache", "Speaker/emotion conditioning look-ups by result (hit, miss).",
+            ["kind", "result"], registry=self.registry,
+        )
+        self.warnings = Counter(
+            "tts_warnings", "Warnings reported (short reference audio, short mel, ...).",
+            ["kind"], registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

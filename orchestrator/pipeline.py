@@ -1,0 +1,518 @@
+"""IndexTTS-2 inference over Triton: the stages of `indextts2.pipeline.EagerPipeline`, in its order and
+with its rules, each model call going to Triton instead of an in-process network.
+
+    text ──front-end──▶ segments of ≤120 token ids
+    speaker audio ──features (in-process numpy)──▶ semantic_encoder ─┬─▶ semantic_codec ─▶ length_regulator  (prompt condition)
+                                                                     ├─▶ speaker_conditioner                 (speaker latents)
+                                                                     └─▶ emotion_conditioner                 (base emotion vector)
+                          fbank ─▶ campplus (style)     log-mel (reference mel, in-process)
+    emotion audio ──features──▶ semantic_encoder ─▶ emotion_conditioner                                     (emotion vector)
+    per segment: gpt_decoder (streamed codes + latents) ─▶ s2mel (mel) ─▶ vocoder (waveform)
+    segments joined with 200 ms of silence
+
+Conditionings (everything derived from one reference audio) are cached in an LRU keyed by the sha256 of
+the uploaded bytes, so a voice used again skips every encoder. The emotion rules are infer_v2's (see
+`emotion_vector`). No model math happens here beyond that mixing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from indextts2.emotion import emotion_vector_from_weights, scale_emotion_weights
+from indextts2.frontend.audio import (
+    FEATURE_SAMPLE_RATE,
+    MAX_PROMPT_SECONDS,
+    AudioDecodeError,
+    campplus_features,
+    decode_audio,
+    mel_spectrogram,
+    prompt_waveforms,
+    resample,
+    seamless_m4t_features,
+)
+from indextts2.frontend.text import TextError
+from indextts2.pipeline import OUTPUT_SAMPLE_RATE, SEGMENT_SILENCE_MS, target_mel_frames
+from orchestrator.assets import ModelAssets
+from orchestrator.errors import (
+    InvalidRequestError,
+    ModelUnavailableError,
+    PayloadTooLargeError,
+    ServiceBugError,
+)
+from orchestrator.metrics import ServiceMetrics
+from orchestrator.reporting import Reporter, current_request
+from orchestrator.settings import Settings
+from orchestrator.triton_client import TritonStages
+
+SAMPLE_RATE = OUTPUT_SAMPLE_RATE  # 22050 Hz
+MIN_REFERENCE_SECONDS = 0.5  # below this the encoders have (almost) nothing to read: refused
+SHORT_REFERENCE_SECONDS = 5.0  # below this the clone is served, and reported as a warning
+DEGENERATE_EMOTION_MEAN_ABS = 1e-4  # an emotion embedding this close to zero carries no emotion
+# A segment whose GPT stopped after fewer codes than this per text token (~40 ms of speech per token,
+# well under any language's pace) produced less speech than its text calls for.
+MIN_CODES_PER_TEXT_TOKEN = 2.0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ReferenceAudio:
+    """A decoded upload: mono float32 samples and what the reports may say about it."""
+
+    field: str  # the form field (or voice) it came from, for error messages
+    samples: np.ndarray
+    sample_rate: int
+    sha256: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.shape[0] / self.sample_rate
+
+
+@dataclass(frozen=True)
+class SpeakerConditioning:
+    """Everything derived from a speaker reference. The semantic features themselves are not kept:
+    no later stage reads them (the base emotion vector is computed here), and at 15 s of a real
+    checkpoint they would be the largest item (750 x 1024 floats)."""
+
+    speaker_latents: np.ndarray  # (32, d) GPT conditioning
+    base_emotion_vector: np.ndarray  # (d,) emotion_conditioner on the speaker's own audio
+    prompt_condition: np.ndarray  # (T_ref, C) length-regulated codec embedding of the prompt
+    ref_mel: np.ndarray  # (80, T_ref) log mel of the (≤15 s) prompt
+    style: np.ndarray  # (192,) CAMPPlus
+    duration_s: float  # of the upload
+    used_duration_s: float  # after the 15 s cut
+    warnings: tuple[str, ...] = ()  # reported once, when computed; flagged on every response using it
+
+
+@dataclass(frozen=True)
+class EmotionConditioning:
+    emotion_vector: np.ndarray  # (d,) emotion_conditioner on the emotion reference
+    duration_s: float
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    """Validated per-request controls (limits are in orchestrator.schemas)."""
+
+    emo_alpha: float = 1.0
+    emotion_weights: tuple[float, ...] | None = None
+    duration_ratio: float = 1.0
+    do_sample: bool = True
+    temperature: float = 0.8
+    top_k: int = 30
+    top_p: float = 0.8
+    repetition_penalty: float = 10.0
+    max_codes: int | None = None  # None: min(1500, the GPT's limit)
+    seed: int | None = None
+    diffusion_steps: int = 25
+    cfg_rate: float = 0.7
+
+
+class ConditioningCache:
+    """A small LRU of conditionings, keyed by (kind, sha256 of the uploaded bytes)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> Any | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: tuple[str, str], value: Any) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+async def gather_all(*coroutines: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Run concurrently; on the first failure cancel the others and raise that failure."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class SynthesisPipeline:
+    def __init__(
+        self, settings: Settings, assets: ModelAssets, triton: TritonStages, reporter: Reporter,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.settings = settings
+        self.assets = assets
+        self.triton = triton
+        self.reporter = reporter
+        self.metrics = metrics
+        self.cache = ConditioningCache(settings.conditioning_cache_size)
+
+    # --- in-process stages -------------------------------------------------------------------------
+
+    async def _in_process(self, stage: str, function: Callable[..., T], *args: Any) -> T:
+        """CPU work off the event loop, timed as a stage."""
+        started = time.perf_counter()
+        try:
+            return await asyncio.to_thread(function, *args)
+        finally:
+            self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
+
+    def segment_text(self, text: str) -> list[list[int]]:
+        """Text -> token ids per segment. Errors name the field, never echo the text."""
+        limit = self.settings.max_text_chars
+        if not text or not text.strip():
+            raise InvalidRequestError("text is empty", field="text", limit=f"1 to {limit} characters")
+        if len(text) > limit:
+            raise InvalidRequestError(
+                f"text is {len(text)} characters long; the limit is {limit}", field="text",
+                limit=f"1 to {limit} characters",
+            )
+        started = time.perf_counter()
+        # Segments must fit the GPT's text positions (max_text_tokens, start/stop tokens aside).
+        max_tokens = min(self.settings.max_text_tokens_per_segment, self.assets.max_text_tokens)
+        try:
+            segments = self.assets.text_frontend.split_segments(text, max_tokens)
+        except TextError:
+            raise InvalidRequestError(
+                "text has nothing to speak after normalisation (only punctuation, symbols or spaces)",
+                field="text",
+            ) from None
+        finally:
+            self.metrics.stage_seconds.labels("text_frontend").observe(time.perf_counter() - started)
+        return [segment for segment in segments if segment]
+
+    async def decode_reference(self, field: str, data: bytes) -> ReferenceAudio:
+        """Uploaded bytes -> samples, with the size, format and length checks of the API."""
+        limit = self.settings.max_upload_bytes
+        if len(data) > limit:
+            raise PayloadTooLargeError(
+                f"{field} is {len(data)} bytes; the limit is {limit} bytes", field=field,
+                limit=f"{limit} bytes",
+            )
+        if not data:
+            raise InvalidRequestError(f"{field} is empty", field=field)
+        try:
+            samples, sample_rate = await self._in_process("audio_decode", decode_audio, data)
+        except AudioDecodeError:
+            raise InvalidRequestError(
+                f"{field} is not audio this service can decode; send WAV, FLAC or OGG", field=field,
+                limit="WAV, FLAC or OGG (Vorbis/Opus), mono or multi-channel",
+            ) from None
+        audio = ReferenceAudio(field, samples, sample_rate, hashlib.sha256(data).hexdigest())
+        if audio.duration_s < MIN_REFERENCE_SECONDS:
+            raise InvalidRequestError(
+                f"{field} is {audio.duration_s:.2f} s long; at least {MIN_REFERENCE_SECONDS} s is needed",
+                field=field, limit=f">= {MIN_REFERENCE_SECONDS} s",
+            )
+        return audio
+
+    def _check_reference_length(self, audio: ReferenceAudio) -> list[str]:
+        if audio.duration_s < SHORT_REFERENCE_SECONDS:
+            self.reporter.warning(
+                "short_reference_audio",
+                f"{audio.field}: reference audio shorter than {SHORT_REFERENCE_SECONDS:.0f} s",
+                stage="reference_audio", tags={"field": audio.field},
+                data={"actual_duration": round(audio.duration_s, 3), "min_recommended_duration": SHORT_REFERENCE_SECONDS},
+            )
+            return ["short_reference_audio"]
+        if audio.duration_s > MAX_PROMPT_SECONDS:
+            self.reporter.breadcrumb(
+                f"{audio.field}: reference audio truncated to {MAX_PROMPT_SECONDS:.0f} s",
+                category="reference_audio",
+                data={"actual_duration": round(audio.duration_s, 3), "used_duration": MAX_PROMPT_SECONDS},
+            )
+        return []
+
+    def _check_emotion_embedding(self, vector: np.ndarray, source: str) -> list[str]:
+        mean_abs = float(np.mean(np.abs(vector))) if vector.size else 0.0
+        if not math.isfinite(mean_abs) or mean_abs < DEGENERATE_EMOTION_MEAN_ABS:
+            self.reporter.warning(
+                "degenerate_emotion_embedding",
+                f"emotion embedding of the {source} is (almost) zero: the emotion is lost",
+                stage="emotion_conditioner", model="emotion_conditioner",
+                tags={"module": "emotion_encoder"}, data={"mean_abs": mean_abs, "source": source},
+            )
+            return ["degenerate_emotion_embedding"]
+        return []
+
+    @staticmethod
+    def _flag(warnings: tuple[str, ...]) -> None:
+        context = current_request()
+        if context is not None:
+            context.warnings.extend(kind for kind in warnings if kind not in context.warnings)
+
+    @staticmethod
+    def _speaker_features(audio: ReferenceAudio, mel_args: dict) -> dict[str, np.ndarray]:
+        wav_22k, wav_16k = prompt_waveforms(audio.samples, audio.sample_rate)
+        features, mask = seamless_m4t_features(wav_16k)
+        return {
+            "input_features": features, "attention_mask": mask, "fbank": campplus_features(wav_16k),
+            "ref_mel": mel_spectrogram(wav_22k, **mel_args), "used_samples_22k": np.array(wav_22k.shape[0]),
+        }
+
+    @staticmethod
+    def _emotion_features(audio: ReferenceAudio) -> dict[str, np.ndarray]:
+        # infer_v2 reads an emotion reference directly at 16 kHz and cuts it to 15 s.
+        wav_16k = resample(audio.samples, audio.sample_rate, FEATURE_SAMPLE_RATE)
+        wav_16k = wav_16k[: int(MAX_PROMPT_SECONDS * FEATURE_SAMPLE_RATE)]
+        features, mask = seamless_m4t_features(wav_16k)
+        return {"input_features": features, "attention_mask": mask}
+
+    async def _features(self, audio: ReferenceAudio, compute: Callable[..., dict], *args: Any) -> dict:
+        try:
+            return await self._in_process("features", compute, audio, *args)
+        except ValueError:
+            # Too few frames for an extractor, or a sample rate the resampler cannot convert.
+            raise InvalidRequestError(
+                f"{audio.field}: cannot compute features at {audio.sample_rate} Hz and "
+                f"{audio.duration_s:.2f} s", field=audio.field,
+            ) from None
+        except Exception as error:
+            raise ServiceBugError(f"feature extraction failed: {type(error).__name__}", stage="features") from error
+
+    # --- conditioning ------------------------------------------------------------------------------
+
+    async def _semantic_features(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        result = await self.triton.infer(
+            "semantic_encoder",
+            {"input_features": features["input_features"][None], "attention_mask": features["attention_mask"][None]},
+            ["semantic_features"],
+        )
+        return result["semantic_features"]  # (1, T, D)
+
+    async def speaker_conditioning(self, audio: ReferenceAudio) -> SpeakerConditioning:
+        key = ("speaker", audio.sha256)
+        cached = self.cache.get(key)
+        self.metrics.conditioning_cache.labels("speaker", "hit" if cached else "miss").inc()
+        if cached is not None:
+            self._flag(cached.warnings)
+            return cached
+        warnings = self._check_reference_length(audio)
+        features = await self._features(audio, self._speaker_features, self.assets.mel_args)
+        semantic = await self._semantic_features(features)
+        lengths = np.array([[semantic.shape[1]]], dtype=np.int64)
+        ref_mel = features["ref_mel"]
+
+        async def prompt_condition() -> np.ndarray:
+            codec = await self.triton.infer("semantic_codec", {"semantic_features": semantic}, ["semantic_embedding"])
+            embedding = codec["semantic_embedding"]
+            regulated = await self.triton.infer(
+                "length_regulator",
+                {"semantic_content": embedding, "content_lengths": np.array([[embedding.shape[1]]], dtype=np.int64),
+                 "target_lengths": np.array([[ref_mel.shape[-1]]], dtype=np.int64)},
+                ["mel_condition"],
+            )
+            return regulated["mel_condition"][0]
+
+        conditioner_inputs = {"semantic_features": semantic, "feature_lengths": lengths}
+        condition, style, latents, base = await gather_all(
+            prompt_condition(),
+            self.triton.infer("campplus", {"fbank": features["fbank"][None]}, ["speaker_style"]),
+            self.triton.infer("speaker_conditioner", conditioner_inputs, ["speaker_latents"]),
+            self.triton.infer("emotion_conditioner", conditioner_inputs, ["emotion_vector"]),
+        )
+        conditioning = SpeakerConditioning(
+            speaker_latents=latents["speaker_latents"][0],
+            base_emotion_vector=base["emotion_vector"][0],
+            prompt_condition=condition,
+            ref_mel=ref_mel,
+            style=style["speaker_style"][0],
+            duration_s=audio.duration_s,
+            used_duration_s=float(features["used_samples_22k"]) / SAMPLE_RATE,
+        )
+        warnings += self._check_emotion_embedding(conditioning.base_emotion_vector, "speaker reference")
+        conditioning = dataclasses.replace(conditioning, warnings=tuple(warnings))
+        self.cache.put(key, conditioning)
+        return conditioning
+
+    async def emotion_conditioning(self, audio: ReferenceAudio) -> EmotionConditioning:
+        key = ("emotion", audio.sha256)
+        cached = self.cache.get(key)
+        self.metrics.conditioning_cache.labels("emotion", "hit" if cached else "miss").inc()
+        if cached is not None:
+            self._flag(cached.warnings)
+            return cached
+        # A short emotion reference still carries its emotion: only the cut is noted.
+        warnings = self._check_reference_length(audio) if audio.duration_s > MAX_PROMPT_SECONDS else []
+        features = await self._features(audio, self._emotion_features)
+        semantic = await self._semantic_features(features)
+        lengths = np.array([[semantic.shape[1]]], dtype=np.int64)
+        result = await self.triton.infer(
+            "emotion_conditioner", {"semantic_features": semantic, "feature_lengths": lengths}, ["emotion_vector"]
+        )
+        vector = result["emotion_vector"][0]
+        warnings += self._check_emotion_embedding(vector, "emotion reference")
+        conditioning = EmotionConditioning(vector, audio.duration_s, tuple(warnings))
+        self.cache.put(key, conditioning)
+        return conditioning
+
+    def emotion_vector(
+        self, speaker: SpeakerConditioning, emotion: EmotionConditioning | None, options: SynthesisOptions
+    ) -> np.ndarray:
+        """The GPT's emotion vector, with infer_v2's rules (as EagerPipeline.emotion_vector):
+        - no emotion audio: the speaker's own emotion (base);
+        - emotion audio: base + emo_alpha * (emotion - base);
+        - 8 emotion weights: they override the emotion audio; the weights, scaled by emo_alpha, pick
+          rows of the emotion bank closest to the speaker's style and mix them with (1 - sum) * base."""
+        base = speaker.base_emotion_vector.astype(np.float32)
+        if options.emotion_weights is None and emotion is not None:
+            vector = base + np.float32(options.emo_alpha) * (emotion.emotion_vector.astype(np.float32) - base)
+        else:
+            vector = base
+        if options.emotion_weights is not None:
+            weights = scale_emotion_weights(list(options.emotion_weights), options.emo_alpha)
+            mixed, _ = emotion_vector_from_weights(
+                self.assets.emotion_bank, weights, torch.from_numpy(speaker.style)[None], torch.from_numpy(vector)[None]
+            )
+            vector = mixed[0].float().numpy()
+        return np.ascontiguousarray(vector, dtype=np.float32)
+
+    # --- synthesis ---------------------------------------------------------------------------------
+
+    def _gpt_inputs(
+        self, speaker: SpeakerConditioning, emotion_vector: np.ndarray, text_ids: list[int],
+        options: SynthesisOptions, seed: int | None,
+    ) -> dict[str, np.ndarray]:
+        max_codes = options.max_codes or self.assets.default_max_codes
+        inputs = {
+            "speaker_latents": speaker.speaker_latents.astype(np.float32),
+            "emotion_vector": emotion_vector,
+            "text_ids": np.asarray(text_ids, dtype=np.int64),
+            "do_sample": np.array([options.do_sample], dtype=bool),
+            "temperature": np.array([options.temperature], dtype=np.float32),
+            "top_k": np.array([options.top_k], dtype=np.int32),
+            "top_p": np.array([options.top_p], dtype=np.float32),
+            "repetition_penalty": np.array([options.repetition_penalty], dtype=np.float32),
+            "max_codes": np.array([max_codes], dtype=np.int32),
+            "stream_every": np.array([self.settings.gpt_stream_every], dtype=np.int32),
+        }
+        if seed is not None:
+            inputs["seed"] = np.array([seed], dtype=np.int64)
+        return inputs
+
+    async def synthesize_segment(
+        self, speaker: SpeakerConditioning, emotion_vector: np.ndarray, text_ids: list[int],
+        options: SynthesisOptions, index: int,
+    ) -> np.ndarray:
+        """One text segment -> float32 waveform at 22.05 kHz (empty when the GPT produced no code)."""
+        seed = None if options.seed is None else options.seed + index
+        decoded = await self.triton.decode(
+            self._gpt_inputs(speaker, emotion_vector, text_ids, options, seed), self.assets.gpt_dim
+        )
+        codes = decoded.codes
+        if decoded.finish_reason == "cancelled":
+            raise ModelUnavailableError(
+                "gpt_decoder cancelled the sequence (shutting down?)", stage="gpt_decoder", model="gpt_decoder",
+                model_version=decoded.model_version,
+            )
+        if decoded.finish_reason == "max_codes":
+            self.reporter.warning(
+                "max_codes_reached", "gpt_decoder stopped at max_codes before the stop code: speech may be cut",
+                stage="gpt_decoder", model="gpt_decoder",
+                data={"segment": index, "codes": int(codes.size), "text_tokens": len(text_ids)},
+            )
+        expected_codes = len(text_ids) * MIN_CODES_PER_TEXT_TOKEN
+        if codes.size < expected_codes:
+            self.reporter.warning(
+                "short_mel", "generated mel is shorter than the text and duration_ratio call for",
+                stage="s2mel", model="gpt_decoder",
+                data={"segment": index, "codes": int(codes.size), "text_tokens": len(text_ids),
+                      "mel_frames": target_mel_frames(int(codes.size), options.duration_ratio) if codes.size else 0,
+                      "min_expected_mel_frames": target_mel_frames(math.ceil(expected_codes), options.duration_ratio),
+                      "duration_ratio": options.duration_ratio},
+            )
+        if codes.size == 0:
+            # The stop code came first: this segment says nothing (EagerPipeline would feed the stop code
+            # to s2mel, whose codebook does not hold it).
+            return np.zeros(0, dtype=np.float32)
+        s2mel_inputs = {
+            "semantic_codes": codes[None],
+            "code_latents": decoded.latents[None],
+            "prompt_condition": speaker.prompt_condition[None].astype(np.float32),
+            "ref_mel": speaker.ref_mel[None].astype(np.float32),
+            "speaker_style": speaker.style[None].astype(np.float32),
+            "duration_ratio": np.array([[options.duration_ratio]], dtype=np.float32),
+            "diffusion_steps": np.array([[options.diffusion_steps]], dtype=np.int32),
+            "cfg_rate": np.array([[options.cfg_rate]], dtype=np.float32),
+        }
+        if seed is not None:
+            s2mel_inputs["seed"] = np.array([[seed]], dtype=np.int64)
+        mel = (await self.triton.infer("s2mel", s2mel_inputs, ["mel"]))["mel"]
+        wanted = target_mel_frames(int(codes.size), options.duration_ratio)
+        if mel.shape[-1] < wanted:
+            self.reporter.warning(
+                "short_mel", "s2mel returned fewer mel frames than the codes and duration_ratio call for",
+                stage="s2mel", model="s2mel",
+                data={"segment": index, "mel_frames": int(mel.shape[-1]), "expected_mel_frames": wanted,
+                      "duration_ratio": options.duration_ratio},
+            )
+        waveform = (await self.triton.infer("vocoder", {"mel": mel.astype(np.float32)}, ["waveform"]))["waveform"]
+        return waveform.reshape(-1).astype(np.float32)
+
+    async def synthesize(
+        self, segments: list[list[int]], speaker: SpeakerConditioning, emotion_vector: np.ndarray,
+        options: SynthesisOptions,
+    ) -> AsyncIterator[np.ndarray]:
+        """Waveform pieces in order: each segment's audio, 200 ms of silence between segments.
+
+        Up to `segment_concurrency` segments are in flight, so the next segment's GPT decodes while
+        this one is in s2mel and the vocoder. Closing the iterator early cancels what is in flight."""
+        silence = np.zeros(int(SAMPLE_RATE * SEGMENT_SILENCE_MS / 1000), dtype=np.float32)
+        slots = asyncio.Semaphore(self.settings.segment_concurrency)
+
+        async def run(index: int, text_ids: list[int]) -> np.ndarray:
+            async with slots:
+                return await self.synthesize_segment(speaker, emotion_vector, text_ids, options, index)
+
+        tasks = [asyncio.ensure_future(run(index, ids)) for index, ids in enumerate(segments)]
+        spoken = False
+        try:
+            for task in tasks:
+                waveform = await task
+                if waveform.size == 0:
+                    continue
+                if spoken:
+                    yield silence
+                spoken = True
+                yield waveform
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def describe_request(self, **meta: Any) -> None:
+        """Request metadata for events (never the text or audio themselves)."""
+        context = current_request()
+        if context is not None:
+            context.meta.update({key: value for key, value in meta.items() if value is not None})
+
+    def protect(self, *secrets: str) -> None:
+        """Strings no event may contain, whatever path they take (the text)."""
+        context = current_request()
+        if context is not None:
+            context.secrets.extend(secret for secret in secrets if secret)

@@ -1,0 +1,71 @@
+"""HTTP responses: audio (whole or streamed) and errors, in one shape everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from orchestrator.errors import ServiceBugError, ServiceError
+from orchestrator.reporting import Reporter, current_request
+from orchestrator.schemas import ErrorBody, ErrorResponse
+from orchestrator.service import AudioStream
+from orchestrator.wav import pcm16, wav_bytes, wav_header
+
+MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm"}
+
+# The error responses every synthesis route can give, for the OpenAPI page.
+ERROR_RESPONSES = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Unsupported response format.",
+        404: "Unknown voice.",
+        413: "An upload (or the whole request) is over its size limit.",
+        422: "A field is missing, malformed or outside its limit (the body names the field and the limit).",
+        502: "A Triton model failed on this request.",
+        503: "Triton or a model is unavailable, overloaded or out of memory (Retry-After is set).",
+        504: "A Triton model did not answer in time.",
+    }.items()
+}
+
+
+def error_response(error: ServiceError, reporter: Reporter, retry_after_s: int) -> JSONResponse:
+    """The one place a ServiceError becomes an HTTP answer and, where it is reported, a Sentry event."""
+    if error.report:
+        reporter.failure(error)
+    context = current_request()
+    body = ErrorResponse(error=ErrorBody(
+        type=error.error_type, message=error.message, field=error.field, limit=error.limit, stage=error.stage,
+        request_id=context.request_id if context else None,
+    ))
+    headers = {"Retry-After": str(error.retry_after_s or retry_after_s)} if error.http_status == 503 else None
+    return JSONResponse(body.model_dump(), status_code=error.http_status, headers=headers)
+
+
+async def audio_response(
+    stream: AudioStream, reporter: Reporter, container: Literal["wav", "pcm"], streaming: bool
+) -> Response:
+    headers = {"X-Sample-Rate": str(stream.sample_rate)}
+    if not streaming:
+        waveform = await stream.collect()
+        body = wav_bytes(waveform, stream.sample_rate) if container == "wav" else pcm16(waveform)
+        headers["X-Audio-Seconds"] = f"{waveform.shape[0] / stream.sample_rate:.3f}"
+        return Response(body, media_type=MEDIA_TYPES[container], headers=headers)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        if container == "wav":
+            yield wav_header(stream.sample_rate)
+        try:
+            async for piece in stream:
+                yield pcm16(piece)
+        except ServiceError as error:
+            # The status line is gone: report, then abort the transfer so the client sees it incomplete.
+            reporter.failure(error)
+            raise
+        except Exception as error:  # a bug mid-stream is still one event
+            bug = ServiceBugError(f"streaming failed: {type(error).__name__}", stage="stream")
+            reporter.failure(bug)
+            raise bug from error
+
+    return StreamingResponse(chunks(), media_type=MEDIA_TYPES[container], headers=headers)

@@ -1,0 +1,1 @@
+"""HTTP routes, thin: parse, call one TtsService method, build the response."""

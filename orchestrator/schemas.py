@@ -1,0 +1,162 @@
+"""Request and response schemas. Every field says what it is and its limits: this is the OpenAPI page.
+
+Limits that depend on the deployment (MAX_TEXT_CHARS, MAX_UPLOAD_BYTES, the GPT's longest code sequence)
+are checked by the pipeline and named in the descriptions with their default values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal
+
+from fastapi import UploadFile
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from orchestrator.voices import VOICE_NAME_PATTERN
+
+EMOTIONS = ("happy", "angry", "sad", "afraid", "disgusted", "melancholic", "surprised", "calm")
+MIN_DURATION_RATIO, MAX_DURATION_RATIO = 0.75, 1.25
+SPEECH_FORMATS = ("wav", "pcm")
+
+
+def parse_emotion_vector(value: Any) -> tuple[float, ...] | None:
+    """'0,0,0.5,0,0,0,0,0' or '[0, 0, 0.5, ...]' (or a list) -> 8 floats in [0, 1] with sum <= 1."""
+    if isinstance(value, list | tuple) and len(value) == 1:
+        value = value[0]  # a form sends one string (FastAPI reads sequence fields as lists)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    items = value if isinstance(value, list | tuple) else None
+    try:
+        if items is None:
+            text = str(value).strip()
+            items = json.loads(text) if text.startswith("[") else text.split(",")
+        numbers = [float(item) for item in items]
+    except (ValueError, TypeError):
+        raise ValueError("must be 8 numbers, comma-separated or a JSON array") from None
+    if len(numbers) != len(EMOTIONS):
+        raise ValueError(f"must have {len(EMOTIONS)} weights ({', '.join(EMOTIONS)}), got {len(numbers)}")
+    for name, number in zip(EMOTIONS, numbers):
+        if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+            raise ValueError(f"weight for {name} must be in [0, 1], got {number}")
+    if sum(numbers) > 1.0 + 1e-6:
+        raise ValueError(f"weights must sum to at most 1, got {sum(numbers):.4g}")
+    return tuple(numbers)
+
+
+EmotionVector = Annotated[
+    tuple[float, ...] | None,
+    BeforeValidator(parse_emotion_vector),
+    WithJsonSchema({"type": "string", "examples": ["0,0,0,0,0,0,0.6,0"]}),
+]
+
+
+class TtsForm(BaseModel):
+    """POST /v1/tts (multipart/form-data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="Text to speak. 1 to MAX_TEXT_CHARS characters (2000 by default); cut into "
+                                  "segments of at most 120 tokens, joined with 200 ms of silence.")
+    speaker_audio: UploadFile | None = Field(
+        None, description="Reference voice: WAV, FLAC or OGG, at least 0.5 s, at most MAX_UPLOAD_BYTES (20 MiB "
+                          "by default). Under 5 s it is served and reported as a warning; past 15 s only the "
+                          "first 15 s are used. Give this or `voice`.")
+    voice: str | None = Field(None, pattern=VOICE_NAME_PATTERN,
+                              description="A registered voice (POST /v1/voices), instead of speaker_audio.")
+    emotion_audio: UploadFile | None = Field(
+        None, description="Emotion reference (same formats and limits): the speaker's voice is kept, the "
+                          "emotion taken from this audio, weighted by emo_alpha.")
+    emotion_voice: str | None = Field(None, pattern=VOICE_NAME_PATTERN,
+                                      description="A registered voice used as the emotion reference, "
+                                                  "instead of emotion_audio.")
+    emotion_vector: EmotionVector = Field(
+        None, description="8 emotion weights in [0, 1], sum at most 1, in the order happy, angry, sad, afraid, "
+                          "disgusted, melancholic, surprised, calm; comma-separated or a JSON array. Overrides "
+                          "the emotion reference (as in the official implementation).")
+    emo_alpha: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False,
+                             description="Strength of the emotion reference or of the emotion vector.")
+    duration_ratio: float = Field(1.0, ge=MIN_DURATION_RATIO, le=MAX_DURATION_RATIO, allow_inf_nan=False,
+                                  description="Scales the length of the speech: mel frames = codes x 1.72 x "
+                                              "ratio (0.75 faster ... 1.25 slower).")
+    do_sample: bool = Field(True, description="Sample the GPT's codes (false: greedy).")
+    temperature: float = Field(0.8, gt=0.0, le=2.0, allow_inf_nan=False, description="GPT sampling temperature.")
+    top_k: int = Field(30, ge=0, le=1000, description="GPT top-k (0: off).")
+    top_p: float = Field(0.8, gt=0.0, le=1.0, allow_inf_nan=False, description="GPT nucleus sampling mass.")
+    repetition_penalty: float = Field(10.0, ge=1.0, le=20.0, allow_inf_nan=False,
+                                      description="GPT repetition penalty on codes already produced.")
+    max_codes: int | None = Field(None, ge=1, le=10000,
+                                  description="Most codes per segment (50 per second of speech); default "
+                                              "min(1500, the GPT's limit), which also caps it.")
+    seed: int | None = Field(None, ge=0, le=2**62,
+                             description="Seed for sampling and diffusion noise (segment i uses seed + i); "
+                                         "unset: random.")
+    diffusion_steps: int = Field(25, ge=1, le=100, description="s2mel flow-matching steps.")
+    cfg_rate: float = Field(0.7, ge=0.0, le=1.0, allow_inf_nan=False,
+                            description="s2mel classifier-free guidance rate.")
+    stream: bool = Field(False, description="Chunked WAV: a header with unknown length first, then PCM per "
+                                            "finished segment; the chunks concatenate to a valid WAV.")
+
+
+class VoiceForm(BaseModel):
+    """POST /v1/voices (multipart/form-data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=VOICE_NAME_PATTERN, description="1-64 characters: letters, digits, '_', '-', '.'.")
+    audio: UploadFile = Field(description="Reference voice: WAV, FLAC or OGG, at least 0.5 s, at most "
+                                          "MAX_UPLOAD_BYTES. Its conditioning is computed now and cached.")
+
+
+class SpeechRequest(BaseModel):
+    """POST /v1/audio/speech (JSON), the OpenAI shape."""
+
+    model: str = Field("indextts-2", max_length=64,
+                       description="Accepted for compatibility; the service always runs IndexTTS-2.")
+    input: str = Field(description="Text to speak, 1 to MAX_TEXT_CHARS characters.")
+    voice: str = Field(description="A registered voice name (POST /v1/voices).")
+    response_format: str = Field("wav", description="wav (22.05 kHz 16-bit mono, streamed) or pcm (raw 16-bit "
+                                                    "little-endian mono at 22.05 kHz). Others are refused (400).")
+    speed: float = Field(1.0, ge=0.8, le=4 / 3, allow_inf_nan=False,
+                         description="Speaking speed; duration_ratio = 1 / speed, so 0.8 to 1.333 (refused "
+                                     "outside, not clamped).")
+
+
+class VoiceResponse(BaseModel):
+    name: str
+    sha256: str = Field(description="SHA-256 of the stored audio bytes (the conditioning cache key).")
+    duration_s: float = Field(description="Length of the stored audio in seconds (only 15 s are used).")
+    sample_rate: int
+    created_at: str = Field(description="ISO 8601, UTC.")
+    warnings: list[str] = Field(default_factory=list,
+                                description="e.g. short_reference_audio (under 5 s).")
+
+
+class VoiceListResponse(BaseModel):
+    voices: list[VoiceResponse]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadinessResponse(BaseModel):
+    ready: bool
+    triton_live: bool
+    models: dict[str, bool] = Field(description="Each model the pipeline calls, and whether Triton has it ready.")
+    not_ready: list[str]
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="invalid_request, payload_too_large, unsupported_format, voice_not_found, "
+                                  "voice_exists, triton_unavailable, model_unavailable, overloaded, "
+                                  "out_of_memory, model_error, timeout, internal_error, not_found, ...")
+    message: str
+    field: str | None = Field(None, description="The request field at fault.")
+    limit: str | None = Field(None, description="The limit the field broke.")
+    stage: str | None = Field(None, description="The pipeline stage that failed (5xx).")
+    request_id: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,110 @@
+"""Service settings, read from the environment (plain parsing: no extra dependency).
+
+Every setting has an environment variable of the same name in upper case; `Settings.from_env()` reads
+them and fails with one message naming every variable that does not parse. Tests build `Settings(...)`
+directly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- where things are -------------------------------------------------------------------------
+    # The official checkpoint directory (or the demo preset). The orchestrator reads four small files
+    # from it and no weights: config.yaml (emotion groups, GPT limits, mel parameters), bpe.model (text
+    # front-end), feat1.pt and feat2.pt (the emotion bank for emotion vectors).
+    checkpoint_dir: Path = Path("checkpoints/IndexTTS-2")
+    triton_grpc_url: str = "127.0.0.1:8001"
+    voices_dir: Path = Path("voices")  # registered voices: one audio file per voice + index.json
+
+    # --- HTTP server (python -m orchestrator) ------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # --- request limits ----------------------------------------------------------------------------
+    max_upload_bytes: int = 20 * MIB  # per audio file
+    max_text_chars: int = 2000
+    max_text_tokens_per_segment: int = 120  # infer_v2's default; capped by the GPT's text positions
+
+    # --- Triton calls ------------------------------------------------------------------------------
+    triton_timeout_s: float = 60.0  # one unary stage call
+    gpt_stream_timeout_s: float = 300.0  # one segment's code stream
+    gpt_stream_every: int = 16  # codes per streamed gpt_decoder response
+    segment_concurrency: int = 2  # segments of one request in flight at once (pipelines GPT and s2mel)
+    conditioning_cache_size: int = 64  # speaker/emotion conditionings kept (LRU, by audio sha256)
+    overload_retry_after_s: int = 2  # Retry-After sent with 503 "overloaded"
+
+    # --- Sentry ------------------------------------------------------------------------------------
+    sentry_dsn: str = ""  # empty: Sentry off
+    sentry_environment: str = "production"
+    sentry_traces_sample_rate: float = 0.0
+    sentry_release: str = ""  # empty: "indextts2-orchestrator@<version>+models.<triton versions>"
+    # What the events say about the hardware. Empty: read from `nvidia-smi` where the orchestrator
+    # runs next to the GPU, else "unknown" (Triton does not report the GPU model over its API).
+    device: str = ""
+    gpu_model: str = ""
+    gpu_total_memory: str = ""
+
+    # Not from the environment: a sentry_sdk Transport for tests that capture envelopes in-process.
+    sentry_transport: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def max_request_bytes(self) -> int:
+        """Whole request body: two audio files and the form fields."""
+        return 2 * self.max_upload_bytes + MIB
+
+    def validate(self) -> Settings:
+        problems = []
+        if self.max_upload_bytes < 1024:
+            problems.append(f"MAX_UPLOAD_BYTES must be at least 1024, got {self.max_upload_bytes}")
+        if self.max_text_chars < 1:
+            problems.append(f"MAX_TEXT_CHARS must be at least 1, got {self.max_text_chars}")
+        if not 1 <= self.max_text_tokens_per_segment <= 1000:
+            problems.append(f"MAX_TEXT_TOKENS_PER_SEGMENT must be in [1, 1000], got {self.max_text_tokens_per_segment}")
+        if not (math.isfinite(self.sentry_traces_sample_rate) and 0.0 <= self.sentry_traces_sample_rate <= 1.0):
+            problems.append(f"SENTRY_TRACES_SAMPLE_RATE must be in [0, 1], got {self.sentry_traces_sample_rate}")
+        for name in ("triton_timeout_s", "gpt_stream_timeout_s"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name.upper()} must be positive, got {getattr(self, name)}")
+        for name in ("gpt_stream_every", "segment_concurrency", "conditioning_cache_size", "port"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name.upper()} must be at least 1, got {getattr(self, name)}")
+        if problems:
+            raise SettingsError("; ".join(problems))
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from environment variables named after the fields (CHECKPOINT_DIR, TRITON_GRPC_URL,
+        SENTRY_DSN, MAX_UPLOAD_BYTES, ...); unset variables keep the defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems = []
+        for spec in fields(cls):
+            if spec.name == "sentry_transport":
+                continue
+            raw = environ.get(spec.name.upper())
+            if raw is None or raw.strip() == "":
+                continue
+            kind = type(spec.default)
+            try:
+                values[spec.name] = Path(raw) if isinstance(spec.default, Path) else kind(raw.strip())
+            except ValueError:
+                problems.append(f"{spec.name.upper()}={raw!r} is not a valid {kind.__name__}")
+        if problems:
+            raise SettingsError("; ".join(problems))
+        return cls(**values).validate()

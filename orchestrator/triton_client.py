@@ -1,0 +1,304 @@
+"""The Triton side of the service: one `tritonclient.grpc.aio` client, one method per kind of call.
+
+Every call is one stage: a Sentry span, a latency observation, and on failure one typed StageError
+(errors.py) that says which stage and model failed and how. The Sentry trace headers of the span
+(`sentry-trace`, `baggage`) travel to Triton as request parameters, so the Python models can continue
+the trace.
+
+How Triton failures map (measured against the local tritonserver 2.51):
+- gRPC UNAVAILABLE (connection refused, server gone)      -> TritonUnavailableError, 503
+- gRPC NOT_FOUND ("unknown model", "has no available versions": not loaded) -> ModelUnavailableError, 503
+- gRPC DEADLINE_EXCEEDED / our timeout                     -> StageTimeoutError, 504
+- a message starting "overloaded" (gpt_decoder's slots and queue are full) -> ModelOverloadedError, 503
+- a message naming out-of-memory (CUDA, cuBLAS, ORT)        -> ModelOutOfMemoryError, 503
+- anything else the model or server says (bad shape, exception in the model) -> ModelError, 502
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import sentry_sdk
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import aio as grpcaio
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from orchestrator.errors import (
+    ModelError,
+    ModelOutOfMemoryError,
+    ModelOverloadedError,
+    ModelUnavailableError,
+    ServiceBugError,
+    StageError,
+    StageTimeoutError,
+    TritonUnavailableError,
+)
+from orchestrator.metrics import ServiceMetrics
+
+# The models the service chains, in pipeline order (s2mel_estimator is s2mel's own business).
+PIPELINE_MODELS = (
+    "semantic_encoder", "semantic_codec", "length_regulator", "campplus", "speaker_conditioner",
+    "emotion_conditioner", "gpt_decoder", "s2mel", "vocoder",
+)
+GPT_DECODER = "gpt_decoder"
+_OUT_OF_MEMORY = re.compile(
+    r"out of memory|outofmemory|CUDA_ERROR_OUT_OF_MEMORY|ALLOC_FAILED|Failed to allocate memory|std::bad_alloc",
+    re.IGNORECASE,
+)
+_REQUEST_ID_PREFIX = re.compile(r"^\s*\[request id: [^\]]*\]\s*")
+_MAX_UPSTREAM_MESSAGE = 300
+
+
+@dataclass
+class DecodedCodes:
+    codes: np.ndarray  # (n,) int64
+    latents: np.ndarray  # (n, d) float32
+    finish_reason: str  # "stop" | "max_codes" | "cancelled"
+    model_version: str
+
+
+@dataclass
+class Readiness:
+    live: bool
+    models: dict[str, bool]
+
+    @property
+    def not_ready(self) -> list[str]:
+        return [name for name, ready in self.models.items() if not ready]
+
+
+def _upstream_message(error: BaseException) -> str:
+    if isinstance(error, InferenceServerException):
+        message = error.message() or str(error)
+    elif isinstance(error, grpc.aio.AioRpcError):
+        message = error.details() or str(error.code())
+    else:
+        message = str(error)
+    message = _REQUEST_ID_PREFIX.sub("", message or type(error).__name__)
+    return message if len(message) <= _MAX_UPSTREAM_MESSAGE else message[:_MAX_UPSTREAM_MESSAGE] + "..."
+
+
+def _status_name(error: BaseException) -> str | None:
+    if isinstance(error, InferenceServerException):
+        return str(error.status()) if error.status() else None
+    if isinstance(error, grpc.aio.AioRpcError):
+        return str(error.code())
+    return None
+
+
+class TritonStages:
+    def __init__(self, url: str, metrics: ServiceMetrics, timeout_s: float, stream_timeout_s: float) -> None:
+        self.url = url
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self.stream_timeout_s = stream_timeout_s
+        self.model_versions: dict[str, str] = {}
+        self.in_flight: Counter[str] = Counter()
+        self._client: grpcaio.InferenceServerClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    # --- the client ------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> grpcaio.InferenceServerClient:
+        # A grpc.aio channel belongs to the event loop it was made in.
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            self._client = grpcaio.InferenceServerClient(self.url)
+            self._client_loop = loop
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None and self._client_loop is asyncio.get_running_loop():
+            await self._client.close()
+        self._client = None
+
+    def probe(self, timeout_s: float = 1.0) -> dict[str, str]:
+        """Blocking, at start-up: the version and instance kind of every served model ("" on failure).
+
+        Returns {model: version} and remembers the versions for event tags; {} when Triton is not up.
+        """
+        try:
+            client = grpcclient.InferenceServerClient(self.url)
+            index = client.get_model_repository_index(as_json=True, client_timeout=timeout_s)
+            client.close()
+        except InferenceServerException:
+            return {}
+        for entry in index.get("models", []):
+            if entry.get("state") == "READY" and entry.get("version"):
+                self.model_versions[entry["name"]] = entry["version"]
+        return dict(self.model_versions)
+
+    # --- errors ----------------------------------------------------------------------------------
+
+    def stage_error(self, stage: str, model: str, error: BaseException) -> StageError:
+        """The typed error for a failed call of `model` (see the module docstring for the mapping)."""
+        status = _status_name(error)
+        upstream = _upstream_message(error)
+        context = {"stage": stage, "model": model, "model_version": self.model_versions.get(model, "unknown")}
+        if isinstance(error, asyncio.TimeoutError) or status == "StatusCode.DEADLINE_EXCEEDED":
+            return StageTimeoutError(f"{model} did not answer in time", **context)
+        if status == "StatusCode.UNAVAILABLE":
+            return TritonUnavailableError(f"Triton at {self.url} is unreachable ({upstream})", **context)
+        if status == "StatusCode.NOT_FOUND":
+            return ModelUnavailableError(f"model {model} is not available on Triton ({upstream})", **context)
+        if not isinstance(error, InferenceServerException | grpc.aio.AioRpcError):
+            return ServiceBugError(f"the {stage} stage failed in the orchestrator: {type(error).__name__}", **context)
+        if upstream.lower().removeprefix(f"{model}:").strip().startswith("overloaded"):
+            return ModelOverloadedError(f"{model} is overloaded, retry later", **context)
+        if _OUT_OF_MEMORY.search(upstream):
+            oom = ModelOutOfMemoryError(f"{model} ran out of memory ({upstream})", **context)
+            # Requests this orchestrator had in flight on the model: the batch it can have seen.
+            oom.current_batch_size = max(1, self.in_flight[model])
+            return oom
+        return ModelError(f"{model} failed: {upstream}", **context)
+
+    # --- calls -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _tensors(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
+        tensors = []
+        for name, array in arrays.items():
+            array = np.ascontiguousarray(array)
+            tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        return tensors
+
+    @staticmethod
+    def _trace_parameters() -> dict[str, str]:
+        """The current span's trace headers, for the Python models to continue the trace."""
+        if not sentry_sdk.get_client().is_active():
+            return {}
+        parameters = {}
+        traceparent, baggage = sentry_sdk.get_traceparent(), sentry_sdk.get_baggage()
+        if traceparent:
+            parameters["sentry-trace"] = traceparent
+        if baggage:
+            parameters["baggage"] = baggage
+        return parameters
+
+    async def infer(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], stage: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """One unary call; every input already carries its batch dimension of 1."""
+        stage = stage or model
+        started = time.perf_counter()
+        self.in_flight[model] += 1
+        try:
+            with sentry_sdk.start_span(op="triton.infer", name=model) as span:
+                span.set_data("model", model)
+                try:
+                    result = await self.client.infer(
+                        model, self._tensors(inputs),
+                        outputs=[grpcclient.InferRequestedOutput(name) for name in outputs],
+                        client_timeout=self.timeout_s, parameters=self._trace_parameters() or None,
+                    )
+                    values = {name: result.as_numpy(name) for name in outputs}
+                except Exception as error:  # every failure becomes one typed StageError
+                    span.set_status("internal_error")
+                    raise self.stage_error(stage, model, error) from error
+                missing = [name for name, value in values.items() if value is None]
+                if missing:
+                    raise ModelError(f"{model} returned no {', '.join(missing)}", stage=stage, model=model,
+                                     model_version=self.model_versions.get(model, "unknown"))
+                self.model_versions[model] = result.get_response().model_version or "unknown"
+                return values
+        finally:
+            self.in_flight[model] -= 1
+            self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
+
+    async def decode(self, inputs: dict[str, np.ndarray], latent_dim: int) -> DecodedCodes:
+        """One text segment through the decoupled gpt_decoder: collect the streamed chunks until the
+        response that carries `finish_reason`. Leaving early (the HTTP client went away) cancels the
+        gRPC stream, which frees the decoder's slot."""
+        model = GPT_DECODER
+        started = time.perf_counter()
+        codes: list[np.ndarray] = []
+        latents: list[np.ndarray] = []
+        finish_reason = None
+        model_version = self.model_versions.get(model, "unknown")
+        self.in_flight[model] += 1
+        try:
+            with sentry_sdk.start_span(op="triton.stream_infer", name=model) as span:
+                span.set_data("model", model)
+                request = {"model_name": model, "inputs": self._tensors(inputs),
+                           "parameters": self._trace_parameters() or None}
+
+                async def requests() -> AsyncIterator[dict]:
+                    yield request
+
+                stream = None
+                try:
+                    stream = self.client.stream_infer(requests(), stream_timeout=self.stream_timeout_s)
+                    async for result, error in stream:
+                        if error is not None:
+                            raise error
+                        chunk_codes = result.as_numpy("semantic_codes")
+                        chunk_latents = result.as_numpy("code_latents")
+                        if chunk_codes is not None and chunk_codes.size:
+                            codes.append(chunk_codes.reshape(-1).astype(np.int64))
+                            latents.append(np.asarray(chunk_latents, dtype=np.float32).reshape(-1, latent_dim))
+                        reason = result.as_numpy("finish_reason")
+                        response = result.get_response()
+                        model_version = response.model_version or model_version
+                        final = response.parameters.get("triton_final_response")
+                        if reason is not None:
+                            finish_reason = _as_text(reason.reshape(-1)[0])
+                        if finish_reason is not None or (final is not None and final.bool_param):
+                            break
+                except Exception as error:
+                    span.set_status("internal_error")
+                    raise self.stage_error(model, model, error) from error
+                finally:
+                    if stream is not None and finish_reason is None:
+                        stream.cancel()
+                if finish_reason is None:
+                    raise ModelError(f"{model} ended the stream without a finish_reason", stage=model,
+                                     model=model, model_version=model_version)
+                span.set_data("codes", int(sum(len(c) for c in codes)))
+                span.set_data("finish_reason", finish_reason)
+        finally:
+            self.in_flight[model] -= 1
+            self.metrics.stage_seconds.labels(model).observe(time.perf_counter() - started)
+        self.model_versions[model] = model_version
+        return DecodedCodes(
+            codes=np.concatenate(codes) if codes else np.zeros(0, dtype=np.int64),
+            latents=np.concatenate(latents) if latents else np.zeros((0, latent_dim), dtype=np.float32),
+            finish_reason=finish_reason,
+            model_version=model_version,
+        )
+
+    async def readiness(self, models: tuple[str, ...] = PIPELINE_MODELS, timeout_s: float = 2.0) -> Readiness:
+        """Is the server live, and which of `models` are ready (no exception: down means not ready)."""
+        try:
+            live = await self.client.is_server_live(client_timeout=timeout_s)
+        except InferenceServerException:
+            return Readiness(live=False, models={name: False for name in models})
+
+        async def ready(name: str) -> bool:
+            try:
+                return await self.client.is_model_ready(name, client_timeout=timeout_s)
+            except InferenceServerException:
+                return False
+
+        states = await asyncio.gather(*(ready(name) for name in models))
+        try:
+            index = await self.client.get_model_repository_index(as_json=True, client_timeout=timeout_s)
+            for entry in index.get("models", []):
+                if entry.get("state") == "READY" and entry.get("version"):
+                    self.model_versions[entry["name"]] = entry["version"]
+        except InferenceServerException:
+            pass
+        return Readiness(live=live, models=dict(zip(models, states)))
+
+
+def _as_text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
