@@ -45,3 +45,59 @@ def demo_repository(tmp_path_factory, demo_checkpoint):
     repository = tmp_path_factory.mktemp("demo_repository")
     result = export_repository(demo_checkpoint, repository, progress=lambda line: None)
     return result
+
+
+# Test-only copies of two served models, loaded next to the real ones by the session's server:
+# s2mel whose DiT is the served s2mel_estimator (BLS), and a one-slot gpt_decoder with a one-place
+# queue whose GPT never emits the stop code (to reach the limits, and to run a request for minutes).
+LONG_MAX_CODES = 100_000
+
+
+def _add_test_models(repository, demo_stop_code: int, tmp_path_factory) -> list[str]:
+    import shutil
+
+    from indextts2.demo import write_demo_checkpoint
+
+    bls = repository / "s2mel_bls"
+    shutil.copytree(repository / "s2mel", bls)
+    config = (bls / "config.pbtxt").read_text().replace('name: "s2mel"', 'name: "s2mel_bls"')
+    (bls / "config.pbtxt").write_text(config.replace('string_value: "torch"', 'string_value: "triton"'))
+
+    small = repository / "gpt_decoder_one_slot"
+    shutil.copytree(repository / "gpt_decoder", small)
+    config = (small / "config.pbtxt").read_text().replace('name: "gpt_decoder"', 'name: "gpt_decoder_one_slot"')
+    config = config.replace('key: "max_slots" value: { string_value: "16" }', 'key: "max_slots" value: { string_value: "1" }')
+    config = config.replace('key: "max_waiting" value: { string_value: "64" }',
+                            'key: "max_waiting" value: { string_value: "1" }')
+    (small / "config.pbtxt").write_text(config)
+    long_checkpoint = write_demo_checkpoint(tmp_path_factory.mktemp("long_demo"), max_mel_tokens=LONG_MAX_CODES + 1)
+    shutil.copy2(long_checkpoint.model_dir / "config.yaml", small / "1" / "weights" / "config.yaml")
+    state = torch.load(long_checkpoint.model_dir / "gpt.pth", weights_only=True)
+    state["mel_head.bias"][demo_stop_code] = -1e4
+    torch.save(state, small / "1" / "weights" / "gpt.pth")
+    return ["s2mel_bls", "gpt_decoder_one_slot"]
+
+
+SERVED_MODELS = [
+    "semantic_encoder", "semantic_codec", "campplus", "speaker_conditioner", "emotion_conditioner",
+    "length_regulator", "s2mel_estimator", "s2mel", "vocoder", "gpt_decoder",
+]
+
+
+@pytest.fixture(scope="session")
+def triton_server(demo_repository, tmp_path_factory):
+    """One real local tritonserver for the whole session, serving every model of the demo repository
+    (explicit model control, so tests may unload and load models) plus the test-only copies above."""
+    pytest.importorskip("tritonclient.grpc")
+    from indextts2.config import load_config
+    from local_triton import LocalTritonServer
+
+    repository = demo_repository.repository
+    stop_code = load_config(repository / "gpt_decoder" / "1" / "weights" / "config.yaml")["gpt"]["stop_mel_token"]
+    extra = _add_test_models(repository, stop_code, tmp_path_factory)
+    server = LocalTritonServer(repository, model_control_mode="explicit", load_models=SERVED_MODELS + extra)
+    server.start(timeout_s=180)
+    try:
+        yield server
+    finally:
+        server.stop()

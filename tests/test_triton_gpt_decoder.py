@@ -5,7 +5,6 @@ decoder refuses with "overloaded" instead of hanging."""
 from __future__ import annotations
 
 import queue
-import shutil
 import threading
 import time
 
@@ -14,43 +13,16 @@ import pytest
 import torch
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
+from conftest import LONG_MAX_CODES
 from tritonclient.utils import np_to_triton_dtype
 
 from indextts2.checkpoint_dir import load_networks
-from indextts2.demo import write_demo_checkpoint
 from indextts2.engine import DecoderEngine, DecodeRequest, SamplingConfig
-from local_triton import LocalTritonServer
-
-# Codes the one-slot decoder's GPT may make: a greedy request then runs for many seconds.
-LONG_MAX_CODES = 100_000
-STOP_CODE = 257  # the demo preset's stop_mel_token
 
 
 @pytest.fixture(scope="module")
-def decoder_server(demo_repository, tmp_path_factory):
-    # A second copy with one slot and a one-request queue, to reach the limits quickly, whose GPT has a
-    # position table long enough for a request that runs for seconds.
-    repository = tmp_path_factory.mktemp("decoder_repository")
-    shutil.copytree(demo_repository.repository / "gpt_decoder", repository / "gpt_decoder")
-    small = repository / "gpt_decoder_one_slot"
-    shutil.copytree(repository / "gpt_decoder", small)
-    long_checkpoint = write_demo_checkpoint(tmp_path_factory.mktemp("long_demo"), max_mel_tokens=LONG_MAX_CODES + 1)
-    shutil.copy2(long_checkpoint.model_dir / "config.yaml", small / "1" / "weights" / "config.yaml")
-    # This GPT never emits the stop code, so a request runs for all the codes it asks for.
-    state = torch.load(long_checkpoint.model_dir / "gpt.pth", weights_only=True)
-    state["mel_head.bias"][STOP_CODE] = -1e4
-    torch.save(state, small / "1" / "weights" / "gpt.pth")
-    config = (small / "config.pbtxt").read_text().replace('name: "gpt_decoder"', 'name: "gpt_decoder_one_slot"')
-    config = config.replace('key: "max_slots" value: { string_value: "16" }', 'key: "max_slots" value: { string_value: "1" }')
-    config = config.replace('key: "max_waiting" value: { string_value: "64" }', 'key: "max_waiting" value: { string_value: "1" }')
-    (small / "config.pbtxt").write_text(config)
-    server = LocalTritonServer(repository, model_control_mode="explicit",
-                               load_models=["gpt_decoder", "gpt_decoder_one_slot"])
-    server.start(timeout_s=120)
-    try:
-        yield server
-    finally:
-        server.stop()
+def decoder_server(triton_server):
+    return triton_server
 
 
 @pytest.fixture(scope="module")

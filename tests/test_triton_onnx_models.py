@@ -12,8 +12,6 @@ import pytest
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import np_to_triton_dtype
 
-from local_triton import LocalTritonServer
-
 ONNX_MODELS = [
     "semantic_encoder", "semantic_codec", "campplus", "speaker_conditioner", "emotion_conditioner",
     "length_regulator", "s2mel_estimator", "vocoder",
@@ -21,15 +19,8 @@ ONNX_MODELS = [
 
 
 @pytest.fixture(scope="module")
-def onnx_server(demo_repository):
-    server = LocalTritonServer(
-        demo_repository.repository, model_control_mode="explicit", load_models=ONNX_MODELS
-    )
-    server.start(timeout_s=120)
-    try:
-        yield server
-    finally:
-        server.stop()
+def onnx_server(triton_server):
+    return triton_server
 
 
 def _inputs(name: str, rng: np.random.Generator, dims: dict[str, int]) -> dict[str, np.ndarray]:

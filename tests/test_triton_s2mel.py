@@ -3,7 +3,6 @@ different lengths gives each what it gets alone; the served DiT (BLS) gives what
 
 from __future__ import annotations
 
-import shutil
 import threading
 
 import numpy as np
@@ -15,28 +14,11 @@ from tritonclient.utils import np_to_triton_dtype
 
 from indextts2.checkpoint_dir import load_networks
 from indextts2.engine.s2mel_batch import S2MelBatcher, S2MelRequest
-from local_triton import LocalTritonServer
 
 
 @pytest.fixture(scope="module")
-def s2mel_server(demo_repository, tmp_path_factory):
-    # A second copy of s2mel whose DiT is the served s2mel_estimator (BLS).
-    repository = tmp_path_factory.mktemp("s2mel_repository")
-    for model in ("s2mel", "s2mel_estimator"):
-        shutil.copytree(demo_repository.repository / model, repository / model)
-    bls = repository / "s2mel_bls"
-    shutil.copytree(repository / "s2mel", bls)
-    config = (bls / "config.pbtxt").read_text()
-    config = config.replace('name: "s2mel"', 'name: "s2mel_bls"')
-    config = config.replace('string_value: "torch"', 'string_value: "triton"')
-    (bls / "config.pbtxt").write_text(config)
-    server = LocalTritonServer(repository, model_control_mode="explicit",
-                               load_models=["s2mel", "s2mel_estimator", "s2mel_bls"])
-    server.start(timeout_s=120)
-    try:
-        yield server
-    finally:
-        server.stop()
+def s2mel_server(triton_server):
+    return triton_server
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -109,12 +110,18 @@ class TritonPythonModel:
 
     def _stream(self, request, sender, handle) -> None:
         try:
+            last_check = time.monotonic()
             while True:
                 try:
                     event = handle.events.get(timeout=CANCEL_POLL_S)
                 except queue.Empty:
+                    event = None
+                # Checked on a clock, not only when idle: a fast stream never leaves the queue empty.
+                if time.monotonic() - last_check >= CANCEL_POLL_S:
+                    last_check = time.monotonic()
                     if request.is_cancelled():
                         handle.cancel()
+                if event is None:
                     continue
                 if event.finished and event.stop_reason == StopReason.ERROR:
                     self._send_error(sender, event.error or "decoding failed")
