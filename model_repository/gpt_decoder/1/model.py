@@ -18,6 +18,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from indextts2.engine import DecoderEngine, DecodeRequest, EngineOverloadedError, SamplingConfig, StopReason
+from indextts2.engine.telemetry import ModelTelemetry
 
 # The official sampling defaults of infer_v2 (max 1500 codes, or fewer where the model's position
 # table is shorter).
@@ -51,6 +52,7 @@ class TritonPythonModel:
             device=device,
             use_cuda_graphs=_parameter(config, "use_cuda_graphs", "true").lower() == "true",
         )
+        self.telemetry = ModelTelemetry(args["model_name"], args["model_version"], device)
         self.default_max_codes = min(DEFAULT_MAX_CODES, self.engine.model.max_mel_tokens - 1)
         self.engine.start()
         self._senders: set[threading.Thread] = set()
@@ -58,21 +60,25 @@ class TritonPythonModel:
     def execute(self, requests: list) -> None:
         for request in requests:
             sender = request.get_response_sender()
+            headers = ModelTelemetry.trace_headers(request)
             try:
                 decode_request = self._parse(request)
                 handle = self.engine.submit(decode_request)
             except EngineOverloadedError as error:
+                # A full decoder is the caller's to report (it answers 503); it is not a model failure.
                 self._send_error(sender, f"overloaded: {error}")
                 continue
             except Exception as error:  # noqa: BLE001 - one bad request must not fail the others
+                self.telemetry.report(error, headers, self._metadata())
                 self._send_error(sender, f"invalid request: {error}")
                 continue
-            thread = threading.Thread(target=self._stream, args=(request, sender, handle), daemon=True)
+            thread = threading.Thread(target=self._stream, args=(request, sender, handle, headers), daemon=True)
             self._senders.add(thread)
             thread.start()
 
     def finalize(self) -> None:
         self.engine.stop()
+        self.telemetry.flush()
         for thread in list(self._senders):
             thread.join(timeout=5)
 
@@ -108,7 +114,10 @@ class TritonPythonModel:
             stream_every=16 if stream_every is None else max(1, int(stream_every)),
         )
 
-    def _stream(self, request, sender, handle) -> None:
+    def _metadata(self) -> dict:
+        return {"batch_size": self.engine.num_running, "waiting": self.engine.num_waiting}
+
+    def _stream(self, request, sender, handle, headers: dict[str, str]) -> None:
         try:
             last_check = time.monotonic()
             while True:
@@ -124,7 +133,9 @@ class TritonPythonModel:
                 if event is None:
                     continue
                 if event.finished and event.stop_reason == StopReason.ERROR:
-                    self._send_error(sender, event.error or "decoding failed")
+                    message = event.error or "decoding failed"
+                    self.telemetry.report(RuntimeError(message), headers, self._metadata())
+                    self._send_error(sender, message)
                     return
                 tensors = [
                     pb_utils.Tensor("semantic_codes", event.codes.numpy().astype(np.int64)),
@@ -138,6 +149,7 @@ class TritonPythonModel:
                     return
                 sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
         except Exception as error:  # noqa: BLE001 - the client must get a final response whatever happens
+            self.telemetry.report(error, headers, self._metadata())
             handle.cancel()
             try:
                 self._send_error(sender, f"streaming failed: {error}")

@@ -16,6 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from indextts2.config import load_config
 from indextts2.engine.s2mel_batch import S2MelBatcher, S2MelRequest
+from indextts2.engine.telemetry import ModelTelemetry
 from indextts2.networks.s2mel import load_s2mel
 from indextts2.networks.semantic_codec import load_semantic_codec
 
@@ -39,6 +40,7 @@ class TritonPythonModel:
             model_config["semantic_codec"], weights / "hf_cache" / "semantic_codec_model.safetensors"
         ).to(device)
         self.batcher = S2MelBatcher(s2mel, codec, device)
+        self.telemetry = ModelTelemetry(args["model_name"], args["model_version"], device)
         self.estimator = _parameter(config, "estimator", "torch")
         if self.estimator not in ("torch", "triton"):
             raise ValueError(f"s2mel: parameter estimator must be 'torch' or 'triton', not {self.estimator!r}")
@@ -46,25 +48,34 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
         parsed: list[tuple[int, S2MelRequest]] = []
+        headers = [ModelTelemetry.trace_headers(request) for request in requests]
         for index, request in enumerate(requests):
             try:
                 item = self._parse(request)
                 item.validate()
                 parsed.append((index, item))
             except Exception as error:  # noqa: BLE001 - one bad request must not fail the others
+                self.telemetry.report(error, headers[index], {"batch_size": len(requests)})
                 responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"s2mel: {error}"))
         if parsed:
             velocity_fn = self._served_velocity if self.estimator == "triton" else None
             try:
                 mels = self.batcher.run([item for _, item in parsed], velocity_fn=velocity_fn)
             except Exception as error:  # noqa: BLE001
-                for index, _ in parsed:
+                for index, item in parsed:
+                    self.telemetry.report(error, headers[index], {
+                        "batch_size": len(parsed), "codes": int(item.codes.shape[0]),
+                        "duration_ratio": item.duration_ratio, "diffusion_steps": item.diffusion_steps,
+                    })
                     responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"s2mel: {error}"))
                 return responses
             for (index, _), mel in zip(parsed, mels):
                 tensor = pb_utils.Tensor("mel", np.ascontiguousarray(mel.cpu().numpy()[None]))
                 responses[index] = pb_utils.InferenceResponse(output_tensors=[tensor])
         return responses
+
+    def finalize(self) -> None:
+        self.telemetry.flush()
 
     def _parse(self, request) -> S2MelRequest:
         def array(name: str) -> np.ndarray | None:
