@@ -3,8 +3,11 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 SYSTEM_PYTHON ?= python3
+BUGSINK_VENV ?= .venv-bugsink
+# How local_bugsink (tests, `make serve`) finds that environment wherever BUGSINK_VENV puts it.
+export BUGSINK_PYTHON ?= $(abspath $(BUGSINK_VENV))/bin/python
 
-.PHONY: test env lint clean
+.PHONY: test serve env bugsink-env lint clean
 
 env: $(VENV)/.installed
 
@@ -17,11 +20,31 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install --quiet -e ".[test]"
 	touch $@
 
-test: env
+# Bugsink, the Sentry-protocol server that tests (and `make serve` without SENTRY_DSN) report to, has an
+# environment of its own: it brings Django, gunicorn and top-level packages named `events`, `api`, `users`,
+# ... The requirements file pins all of it (hence --no-deps); `prepare` builds the migrated template
+# database, so starting a server takes ~0.5 s. local_bugsink/ itself is standard library only.
+bugsink-env: $(BUGSINK_VENV)/.installed
+
+$(BUGSINK_VENV)/.installed: local_bugsink/requirements.txt local_bugsink/bootstrap.py
+	$(SYSTEM_PYTHON) -m venv $(BUGSINK_VENV)
+	echo '*' > $(BUGSINK_VENV)/.gitignore
+	$(BUGSINK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BUGSINK_VENV)/bin/python -m pip install --quiet --no-deps -r local_bugsink/requirements.txt
+	$(BUGSINK_VENV)/bin/python -m pip check
+	$(BUGSINK_VENV)/bin/python -m local_bugsink --bugsink-python $(BUGSINK_VENV)/bin/python prepare
+	touch $@
+
+test: env bugsink-env
 	$(PYTHON) -m pytest
+
+# The service on the demo preset: builds build/demo once (checkpoint + exported model repository), starts
+# the local tritonserver on it and serves the API on 127.0.0.1:8000 (HOST/PORT, SENTRY_DSN, ... apply).
+serve: env bugsink-env
+	$(PYTHON) -m orchestrator.demo
 
 lint: env
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) $(BUGSINK_VENV) build

@@ -155,9 +155,8 @@ class EagerPipeline:
         output = gpt.generate(speaker.speaker_latents, emovec, ids, sampling)
         codes, latents = output.codes, output.latents
         if codes.numel() == 0:
-            # The stop code came first: nothing to say. Keep one frame so every stage has input.
-            codes = torch.full((1,), int(gpt.stop_mel_token), dtype=torch.long, device=self.device)
-            latents = output.latents[:1] if output.latents.numel() else torch.zeros(1, gpt.model_dim)
+            # The stop code came first: the segment says nothing (the service warns about it).
+            return np.zeros(0, dtype=np.float32), codes, 0
         if official_second_pass:
             latents = gpt(
                 speaker.speaker_latents,
@@ -220,9 +219,10 @@ class EagerPipeline:
                 speaker, emovec, text_ids, segment_sampling, duration_ratio, diffusion_steps,
                 official_second_pass=official_second_pass, generator=generator,
             )
-            if pieces:
-                pieces.append(silence)
-            pieces.append(waveform)
+            if waveform.size:
+                if pieces:
+                    pieces.append(silence)
+                pieces.append(waveform)
             result.codes.append(codes)
             result.mel_frames.append(frames)
         result.waveform = np.concatenate(pieces) if pieces else result.waveform

@@ -19,10 +19,10 @@ from starlette.exceptions import HTTPException
 
 from orchestrator import __version__
 from orchestrator.assets import ModelAssets
-from orchestrator.errors import InvalidDurationRatioError, InvalidRequestError, ServiceError
+from orchestrator.errors import InvalidDurationRatioError, InvalidRequestError, ServiceBugError, ServiceError
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.middleware import RequestMiddleware
-from orchestrator.reporting import Reporter, current_request, init_sentry
+from orchestrator.reporting import REPORTED, Reporter, current_request, init_sentry
 from orchestrator.responses import error_response
 from orchestrator.routers import health, synthesis, voices
 from orchestrator.schemas import ErrorBody, ErrorResponse
@@ -49,10 +49,6 @@ def release_name(model_versions: dict[str, str]) -> str:
     versions = [model_versions.get(name) for name in PIPELINE_MODELS]
     suffix = ".".join(versions) if all(versions) else "unknown"  # type: ignore[arg-type]
     return f"indextts2-orchestrator@{__version__}+models.{suffix}"
-
-
-def _device(settings: Settings) -> str:
-    return settings.device or "unknown"
 
 
 def validation_error(exc: RequestValidationError) -> InvalidRequestError:
@@ -85,10 +81,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     assets = ModelAssets.load(settings.checkpoint_dir)
     metrics = ServiceMetrics()
     triton = TritonStages(settings.triton_grpc_url, metrics, settings.triton_timeout_s, settings.gpt_stream_timeout_s)
-    model_versions = triton.probe()
+    model_versions, served_on = triton.probe()
     release = settings.sentry_release or release_name(model_versions)
     sentry_enabled = init_sentry(settings, release)
-    reporter = Reporter(settings, metrics, _device(settings))
+    reporter = Reporter(settings, metrics, settings.device or served_on or "unknown")
     service = TtsService(settings, assets, triton, reporter, metrics)
 
     @asynccontextmanager
@@ -119,7 +115,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ))
         return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
 
+    async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug outside the pipeline's own wrapping: still a JSON answer and one event. Starlette re-raises
+        # `exc` after this handler; marked as reported, that second capture is dropped.
+        bug = ServiceBugError(f"unexpected {type(exc).__name__} in the orchestrator", stage="orchestrator")
+        bug.__cause__ = exc
+        response = error_response(bug, reporter, settings.overload_retry_after_s)
+        setattr(exc, REPORTED, True)
+        return response
+
     app.add_exception_handler(ServiceError, handle_service_error)
+    app.add_exception_handler(Exception, handle_unexpected)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(HTTPException, handle_http_error)
     app.include_router(synthesis.router)

@@ -23,11 +23,12 @@ import hashlib
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+import sentry_sdk
 import torch
 
 from indextts2.emotion import emotion_vector_from_weights, scale_emotion_weights
@@ -178,7 +179,8 @@ class SynthesisPipeline:
         """CPU work off the event loop, timed as a stage."""
         started = time.perf_counter()
         try:
-            return await asyncio.to_thread(function, *args)
+            with sentry_sdk.start_span(op="tts.stage", name=stage):
+                return await asyncio.to_thread(function, *args)
         finally:
             self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
 
@@ -196,7 +198,8 @@ class SynthesisPipeline:
         # Segments must fit the GPT's text positions (max_text_tokens, start/stop tokens aside).
         max_tokens = min(self.settings.max_text_tokens_per_segment, self.assets.max_text_tokens)
         try:
-            segments = self.assets.text_frontend.split_segments(text, max_tokens)
+            with sentry_sdk.start_span(op="tts.stage", name="text_frontend"):
+                segments = self.assets.text_frontend.split_segments(text, max_tokens)
         except TextError:
             raise InvalidRequestError(
                 "text has nothing to speak after normalisation (only punctuation, symbols or spaces)",
@@ -477,7 +480,7 @@ class SynthesisPipeline:
     async def synthesize(
         self, segments: list[list[int]], speaker: SpeakerConditioning, emotion_vector: np.ndarray,
         options: SynthesisOptions,
-    ) -> AsyncIterator[np.ndarray]:
+    ) -> AsyncGenerator[np.ndarray, None]:
         """Waveform pieces in order: each segment's audio, 200 ms of silence between segments.
 
         Up to `segment_concurrency` segments are in flight, so the next segment's GPT decodes while

@@ -4,8 +4,9 @@ What an event may carry: the stage, the model and its version, the error type, a
 (text length, segment count, audio durations, duration_ratio, batch size, device). Never the text,
 the audio, a request body or a credential header. Three lines keep it so:
 1. nothing we send is built from them (messages name fields and limits, not values);
-2. `send_default_pii=False`, request bodies never attached, no local variables in stack traces;
-3. `scrub_event` (before_send) removes request bodies, cookies, query strings and credential headers,
+2. the SDK collects no user, cookies, bodies, query strings or credential headers (`data_collection`, the
+   SDK's successor of `send_default_pii=False`), and no local variables in stack traces;
+3. `scrub_event` (in before_send) removes request bodies, cookies, query strings and credential headers,
    and redacts the current request's text wherever it still appears, plus long runs of numbers (token
    ids in an upstream error message).
 
@@ -27,7 +28,7 @@ from typing import Any
 
 import sentry_sdk
 from sentry_sdk.integrations.fastapi import FastApiIntegration
-from sentry_sdk.integrations.logging import LoggingIntegration
+from sentry_sdk.integrations.logging import LoggingIntegration, ignore_logger
 from sentry_sdk.integrations.starlette import StarletteIntegration
 
 from orchestrator.errors import ModelOutOfMemoryError, ServiceError
@@ -35,6 +36,9 @@ from orchestrator.metrics import ServiceMetrics
 from orchestrator.settings import Settings
 
 logger = logging.getLogger("orchestrator")
+# Breadcrumbs are added explicitly (with their category and data); their log line must not add a second.
+breadcrumb_logger = logging.getLogger("orchestrator.breadcrumbs")
+ignore_logger(breadcrumb_logger.name)
 
 REDACTED = "[redacted]"
 CREDENTIAL_HEADERS = frozenset({
@@ -105,6 +109,19 @@ def scrub_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any] | None = None) 
     return scrub_event(crumb, hint)
 
 
+REPORTED = "_reported_to_sentry"
+
+
+def before_send(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Drop a second capture of an error we reported already (a failure in a started stream is reported
+    by us and then re-raised to abort the transfer, where the ASGI integration sees it again), then
+    scrub."""
+    exc_info = (hint or {}).get("exc_info")
+    if exc_info and getattr(exc_info[1], REPORTED, False):
+        return None
+    return scrub_event(event, hint)
+
+
 # --- set-up ---------------------------------------------------------------------------------------
 
 
@@ -136,10 +153,20 @@ def init_sentry(settings: Settings, release: str) -> bool:
         environment=settings.sentry_environment,
         release=release,
         traces_sample_rate=settings.sentry_traces_sample_rate,
-        send_default_pii=False,
+        # What integrations may collect (the SDK's successor of send_default_pii=False): no user, no
+        # cookies, no bodies, no query strings, no credential headers, no local variables in frames.
+        data_collection={
+            "user_info": False,
+            "cookies": {"mode": "off"},
+            "http_headers": {"request": {"mode": "denylist", "terms": sorted(CREDENTIAL_HEADERS)}},
+            "http_bodies": [],
+            "url_query_params": {"mode": "off"},
+            "gen_ai": {"inputs": False, "outputs": False},
+            "stack_frame_variables": False,
+            "database_query_data": False,
+        },
         max_request_body_size="never",
-        include_local_variables=False,
-        before_send=scrub_event,
+        before_send=before_send,
         before_send_transaction=scrub_event,
         before_breadcrumb=scrub_breadcrumb,
         shutdown_timeout=2,
@@ -208,6 +235,7 @@ class Reporter:
                 scope.set_tag("current_batch_size", batch_size)
                 scope.set_context("gpu", {**gpu, "current_batch_size": batch_size})
             event_id = sentry_sdk.capture_exception(error)
+        setattr(error, REPORTED, True)
         logger.log(
             logging.WARNING if error.level == "warning" else logging.ERROR,
             "%s failed: %s (%s)", stage, error.error_type, error.message,
@@ -237,4 +265,4 @@ class Reporter:
     def breadcrumb(message: str, category: str, data: dict[str, Any] | None = None) -> None:
         """INFO: a breadcrumb and a local log line, never an event."""
         sentry_sdk.add_breadcrumb(message=message, category=category, level="info", data=data or {})
-        logger.info("%s: %s", category, message)
+        breadcrumb_logger.info("%s: %s", category, message)

@@ -5,8 +5,8 @@ The routers stay thin (parse, call one method here, build the response); the pip
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 
 import numpy as np
 from fastapi import UploadFile
@@ -27,7 +27,7 @@ from orchestrator.pipeline import (
     SynthesisPipeline,
     gather_all,
 )
-from orchestrator.reporting import Reporter, current_request
+from orchestrator.reporting import Reporter
 from orchestrator.schemas import SPEECH_FORMATS, SpeechRequest, TtsForm, VoiceForm, VoiceResponse
 from orchestrator.settings import Settings
 from orchestrator.triton_client import Readiness, TritonStages
@@ -40,20 +40,16 @@ class AudioStream:
     any stage before the first audio still becomes a proper HTTP error (nothing has been sent yet).
     Failures while iterating propagate; the response code reports those of a started stream."""
 
-    pieces: AsyncIterator[np.ndarray]
-    reporter: Reporter
+    pieces: AsyncGenerator[np.ndarray, None]
     metrics: ServiceMetrics
     route: str
     sample_rate: int = SAMPLE_RATE
-    warnings: list[str] = field(default_factory=list)
     _first: np.ndarray | None = None
     _prefetched: bool = False
 
     async def prefetch(self) -> None:
         self._first = await anext(self.pieces, None)
         self._prefetched = True
-        context = current_request()
-        self.warnings = list(context.warnings) if context else []
 
     async def __aiter__(self) -> AsyncIterator[np.ndarray]:
         if not self._prefetched:
@@ -117,7 +113,8 @@ class TtsService:
                 f"response_format {request.response_format!r} is not supported; use 'wav' or 'pcm'",
                 field="response_format", limit="wav | pcm",
             )
-        options = SynthesisOptions(duration_ratio=1.0 / request.speed, max_codes=self.assets.default_max_codes)
+        options = SynthesisOptions(duration_ratio=1.0 / request.speed, max_codes=self.assets.default_max_codes,
+                                   diffusion_steps=self.settings.speech_diffusion_steps)
         pipeline.describe_request(text_chars=len(request.input), duration_ratio=options.duration_ratio, stream=True)
         segments = pipeline.segment_text(request.input)
         speaker_audio = await self._reference(None, request.voice, "voice", "voice")
@@ -141,7 +138,7 @@ class TtsService:
         emotion: EmotionConditioning | None = conditionings[1] if len(conditionings) > 1 else None
         emotion_vector = pipeline.emotion_vector(speaker, emotion, options)
         stream = AudioStream(
-            pipeline.synthesize(segments, speaker, emotion_vector, options), self.reporter, self.metrics, route
+            pipeline.synthesize(segments, speaker, emotion_vector, options), self.metrics, route
         )
         await stream.prefetch()
         return stream

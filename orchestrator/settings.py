@@ -47,14 +47,16 @@ class Settings:
     segment_concurrency: int = 2  # segments of one request in flight at once (pipelines GPT and s2mel)
     conditioning_cache_size: int = 64  # speaker/emotion conditionings kept (LRU, by audio sha256)
     overload_retry_after_s: int = 2  # Retry-After sent with 503 "overloaded"
+    speech_diffusion_steps: int = 25  # s2mel steps for /v1/audio/speech, which has no such field
 
     # --- Sentry ------------------------------------------------------------------------------------
     sentry_dsn: str = ""  # empty: Sentry off
     sentry_environment: str = "production"
     sentry_traces_sample_rate: float = 0.0
     sentry_release: str = ""  # empty: "indextts2-orchestrator@<version>+models.<triton versions>"
-    # What the events say about the hardware. Empty: read from `nvidia-smi` where the orchestrator
-    # runs next to the GPU, else "unknown" (Triton does not report the GPU model over its API).
+    # What the events say about the hardware. device empty: "gpu" or "cpu" from the instance kind Triton
+    # gives gpt_decoder at start-up. gpu_model / gpu_total_memory empty: from `nvidia-smi` where the
+    # orchestrator runs next to the GPU, else "unknown" (Triton's API does not name the GPU).
     device: str = ""
     gpu_model: str = ""
     gpu_total_memory: str = ""
@@ -80,7 +82,8 @@ class Settings:
         for name in ("triton_timeout_s", "gpt_stream_timeout_s"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name.upper()} must be positive, got {getattr(self, name)}")
-        for name in ("gpt_stream_every", "segment_concurrency", "conditioning_cache_size", "port"):
+        for name in ("gpt_stream_every", "segment_concurrency", "conditioning_cache_size", "port",
+                     "speech_diffusion_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.upper()} must be at least 1, got {getattr(self, name)}")
         if problems:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import warnings
 from typing import Any
 
 import numpy as np
@@ -73,3 +74,12 @@ def speech_like_wav(seconds: float, sample_rate: int = 24000, seed: int = 0, ext
         body = data[12:] + chunk
         data = b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body
     return data
+
+
+def make_test_client(app: Any, **options: Any) -> Any:
+    """fastapi.testclient.TestClient(app), imported without its notice that Starlette prefers httpx2
+    (the pinned httpx is what this environment has)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+        from fastapi.testclient import TestClient
+    return TestClient(app, **options)

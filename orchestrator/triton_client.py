@@ -7,7 +7,8 @@ the trace.
 
 How Triton failures map (measured against the local tritonserver 2.51):
 - gRPC UNAVAILABLE (connection refused, server gone)      -> TritonUnavailableError, 503
-- gRPC NOT_FOUND ("unknown model", "has no available versions": not loaded) -> ModelUnavailableError, 503
+- gRPC NOT_FOUND, or a stream error saying "unknown model" / "has no available versions" (not loaded)
+                                                            -> ModelUnavailableError, 503
 - gRPC DEADLINE_EXCEEDED / our timeout                     -> StageTimeoutError, 504
 - a message starting "overloaded" (gpt_decoder's slots and queue are full) -> ModelOverloadedError, 503
 - a message naming out-of-memory (CUDA, cuBLAS, ORT)        -> ModelOutOfMemoryError, 503
@@ -53,6 +54,8 @@ _OUT_OF_MEMORY = re.compile(
     re.IGNORECASE,
 )
 _REQUEST_ID_PREFIX = re.compile(r"^\s*\[request id: [^\]]*\]\s*")
+# A stream's error response has no gRPC status: Triton's words for a model that is not there.
+_NOT_AVAILABLE = re.compile(r"^Request for unknown model")
 _MAX_UPSTREAM_MESSAGE = 300
 
 
@@ -120,21 +123,28 @@ class TritonStages:
             await self._client.close()
         self._client = None
 
-    def probe(self, timeout_s: float = 1.0) -> dict[str, str]:
-        """Blocking, at start-up: the version and instance kind of every served model ("" on failure).
-
-        Returns {model: version} and remembers the versions for event tags; {} when Triton is not up.
-        """
+    def probe(self, timeout_s: float = 1.0) -> tuple[dict[str, str], str]:
+        """Blocking, at start-up: ({model: version} of the ready models, device), or ({}, "") when Triton
+        does not answer. The device is where the decoder's instances run ("gpu" or "cpu"), from its
+        config as Triton completed it."""
         try:
             client = grpcclient.InferenceServerClient(self.url)
             index = client.get_model_repository_index(as_json=True, client_timeout=timeout_s)
+            ready = [entry for entry in index.get("models", []) if entry.get("state") == "READY"]
+            for entry in ready:
+                self.model_versions[entry["name"]] = entry.get("version") or "unknown"
+            device = ""
+            names = [entry["name"] for entry in ready]
+            for name in [GPT_DECODER, *names]:
+                if name in names:
+                    config = client.get_model_config(name, as_json=True, client_timeout=timeout_s)["config"]
+                    kinds = {group.get("kind") for group in config.get("instance_group", [])}
+                    device = "gpu" if "KIND_GPU" in kinds else "cpu"
+                    break
             client.close()
         except InferenceServerException:
-            return {}
-        for entry in index.get("models", []):
-            if entry.get("state") == "READY" and entry.get("version"):
-                self.model_versions[entry["name"]] = entry["version"]
-        return dict(self.model_versions)
+            return {}, ""
+        return dict(self.model_versions), device
 
     # --- errors ----------------------------------------------------------------------------------
 
@@ -147,7 +157,7 @@ class TritonStages:
             return StageTimeoutError(f"{model} did not answer in time", **context)
         if status == "StatusCode.UNAVAILABLE":
             return TritonUnavailableError(f"Triton at {self.url} is unreachable ({upstream})", **context)
-        if status == "StatusCode.NOT_FOUND":
+        if status == "StatusCode.NOT_FOUND" or (status is None and _NOT_AVAILABLE.search(upstream)):
             return ModelUnavailableError(f"model {model} is not available on Triton ({upstream})", **context)
         if not isinstance(error, InferenceServerException | grpc.aio.AioRpcError):
             return ServiceBugError(f"the {stage} stage failed in the orchestrator: {type(error).__name__}", **context)
@@ -258,7 +268,9 @@ class TritonStages:
                     span.set_status("internal_error")
                     raise self.stage_error(model, model, error) from error
                 finally:
-                    if stream is not None and finish_reason is None:
+                    # Unfinished (error, or the caller went away): Triton cancels the sequence and frees
+                    # its slot. Finished: this only closes the gRPC stream.
+                    if stream is not None:
                         stream.cancel()
                 if finish_reason is None:
                     raise ModelError(f"{model} ended the stream without a finish_reason", stage=model,

@@ -101,3 +101,23 @@ def triton_server(demo_repository, tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+# ----- local Bugsink: a real Sentry-protocol server (local_bugsink) ------------------------------------------------
+@pytest.fixture(scope="session")
+def bugsink_server():
+    """One local Bugsink server for the whole session: report to `.dsn`, read back with `.events(wait_for=...,
+    tags=...)`. Tests share it, so each one filters the events by a tag of its own (e.g. a uuid). Skips where
+    the Bugsink environment (`make bugsink-env`, .venv-bugsink) is missing."""
+    from local_bugsink import BugsinkNotInstalledError, BugsinkServer
+
+    server = BugsinkServer()
+    try:
+        server.start(timeout_s=120)
+    except BugsinkNotInstalledError as error:
+        pytest.skip(str(error))
+    try:
+        yield server
+    finally:
+        server.stop()
+# ----- end of local Bugsink ------------------------------------------------------------------------------------------

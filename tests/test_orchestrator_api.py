@@ -13,20 +13,20 @@ import numpy as np
 import pytest
 import sentry_sdk
 import soundfile
+from fastapi import FastAPI
 from tritonclient.utils import InferenceServerException
 
 from local_triton import find_free_port
 from orchestrator.app import create_app
-from orchestrator.errors import ModelOutOfMemoryError, ModelOverloadedError
+from orchestrator.errors import ModelError, ModelOutOfMemoryError, ModelOverloadedError
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.reporting import Reporter, scrub_event
+from orchestrator.responses import audio_response
+from orchestrator.service import AudioStream
 from orchestrator.settings import Settings, SettingsError
-from orchestrator.testing import CapturingTransport, speech_like_wav
+from orchestrator.testing import CapturingTransport, make_test_client, speech_like_wav
 from orchestrator.triton_client import TritonStages
-from orchestrator.wav import wav_bytes, wav_header
-
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-fastapi_testclient = pytest.importorskip("fastapi.testclient")
+from orchestrator.wav import pcm16, wav_bytes, wav_header
 
 TEXT_MARKER = "ZQXJ-SECRET-TEXT-MARKER-4711"
 AUDIO_MARKER = b"AUDIO-MARKER-BYTES-0xC0FFEE"
@@ -46,19 +46,19 @@ def transport():
 
 
 def _settings(demo_checkpoint, tmp_path, transport=None, **overrides) -> Settings:
-    values = dict(
-        checkpoint_dir=demo_checkpoint.model_dir, triton_grpc_url=f"127.0.0.1:{find_free_port()}",
-        voices_dir=tmp_path / "voices", max_text_chars=200, max_upload_bytes=512 * 1024,
-        sentry_dsn=DSN if transport is not None else "", sentry_transport=transport, device="cpu",
-        triton_timeout_s=5.0,
-    )
+    values = {
+        "checkpoint_dir": demo_checkpoint.model_dir, "triton_grpc_url": f"127.0.0.1:{find_free_port()}",
+        "voices_dir": tmp_path / "voices", "max_text_chars": 200, "max_upload_bytes": 512 * 1024,
+        "sentry_dsn": DSN if transport is not None else "", "sentry_transport": transport, "device": "cpu",
+        "triton_timeout_s": 5.0,
+    }
     values.update(overrides)
     return Settings(**values)
 
 
 @pytest.fixture()
 def client(demo_checkpoint, tmp_path, transport):
-    with fastapi_testclient.TestClient(create_app(_settings(demo_checkpoint, tmp_path, transport))) as client:
+    with make_test_client(create_app(_settings(demo_checkpoint, tmp_path, transport))) as client:
         yield client
 
 
@@ -277,7 +277,7 @@ def test_scrubber_removes_bodies_credentials_and_number_runs():
 def test_sentry_server_down_does_not_slow_or_change_requests(demo_checkpoint, tmp_path, voice_wav):
     settings = _settings(demo_checkpoint, tmp_path, sentry_dsn=f"http://public@127.0.0.1:{find_free_port()}/1")
     try:
-        with fastapi_testclient.TestClient(create_app(settings)) as client:
+        with make_test_client(create_app(settings)) as client:
             started = time.perf_counter()
             responses = [_tts(client, voice_wav, duration_ratio="3"), _tts(client, voice_wav)]
             elapsed = time.perf_counter() - started
@@ -358,10 +358,67 @@ def test_settings_from_env_parse_and_name_bad_values(tmp_path):
 
 def test_streaming_wav_header_then_pcm_pieces_read_as_one_wav():
     pieces = [np.sin(np.arange(n) * 0.05).astype(np.float32) * 0.5 for n in (1000, 4410, 7)]
-    from orchestrator.wav import pcm16
-
     streamed = wav_header(22050) + b"".join(pcm16(piece) for piece in pieces)
     samples, rate = soundfile.read(io.BytesIO(streamed), dtype="float32")
     assert rate == 22050 and samples.shape == (5417,)
     whole, _ = soundfile.read(io.BytesIO(wav_bytes(np.concatenate(pieces), 22050)), dtype="float32")
     np.testing.assert_array_equal(samples, whole)
+
+
+def test_stage_calls_carry_the_sentry_trace_headers(demo_checkpoint, tmp_path, transport):
+    create_app(_settings(demo_checkpoint, tmp_path, transport, sentry_traces_sample_rate=1.0))
+    with sentry_sdk.start_transaction(name="tts"), sentry_sdk.start_span(op="triton.infer", name="vocoder") as span:
+        parameters = TritonStages._trace_parameters()
+    assert parameters["sentry-trace"].startswith(f"{span.trace_id}-{span.span_id}")
+    assert "sentry-trace_id=" + span.trace_id in parameters["baggage"]
+
+
+def test_a_failure_after_streaming_started_ends_the_transfer_and_sends_one_event(demo_checkpoint, tmp_path,
+                                                                                 transport):
+    settings = _settings(demo_checkpoint, tmp_path, transport)
+    create_app(settings)  # Sentry on, with the capturing transport
+    metrics = ServiceMetrics()
+    reporter = Reporter(settings, metrics, "cpu")
+
+    async def pieces():
+        yield np.zeros(100, dtype=np.float32)
+        raise ModelError("vocoder failed: boom", stage="vocoder", model="vocoder", model_version="1")
+
+    app = FastAPI()
+
+    @app.get("/stream")
+    async def stream():
+        audio = AudioStream(pieces(), metrics, "/stream")
+        await audio.prefetch()
+        return await audio_response(audio, reporter, "wav", streaming=True)
+
+    client = make_test_client(app, raise_server_exceptions=False)
+    response = client.get("/stream")
+    assert response.status_code == 200  # the status line went out with the first segment
+    assert len(response.content) == 44 + 200  # the header and the one finished piece, nothing after
+    (event,) = transport.events
+    assert event["tags"]["stage"] == "vocoder" and event["fingerprint"] == ["vocoder", "model_error"]
+
+
+def test_a_bug_in_the_service_is_a_json_500_and_one_event(client, transport, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(client.app.state.service, "list_voices", broken)
+    client_without_raise = make_test_client(client.app, raise_server_exceptions=False)
+    response = client_without_raise.get("/v1/voices")
+    assert response.status_code == 500
+    assert _error(response)["type"] == "internal_error"
+    (event,) = transport.events
+    assert event["tags"]["stage"] == "orchestrator"
+    assert [value["type"] for value in event["exception"]["values"]] == ["ZeroDivisionError", "ServiceBugError"]
+
+
+def test_a_near_zero_emotion_embedding_is_a_warning_from_the_emotion_encoder(client, transport):
+    pipeline = client.app.state.service.pipeline
+    assert pipeline._check_emotion_embedding(np.full(64, 1e-6, dtype=np.float32), "speaker reference")
+    (event,) = transport.events
+    assert event["level"] == "warning"
+    assert event["tags"]["module"] == "emotion_encoder" and event["tags"]["stage"] == "emotion_conditioner"
+    assert event["fingerprint"] == ["emotion_conditioner", "degenerate_emotion_embedding"]
+    assert pipeline._check_emotion_embedding(np.full(64, 0.1, dtype=np.float32), "speaker reference") == []

@@ -1,0 +1,99 @@
+"""`python -m orchestrator.demo` (what `make serve` runs): the whole stack on the embedded demo preset.
+
+1. writes the demo checkpoint to build/demo/checkpoint and exports its model repository to
+   build/demo/model_repository, unless the build there is from the same sources (a stamp of the
+   committed model repository, the exporter and the demo preset);
+2. starts the local tritonserver (nvidia-pytriton's binary) on that repository, on free ports;
+3. runs the service on HOST:PORT (127.0.0.1:8000 by default) against it until Ctrl-C.
+
+Every other setting comes from the environment as for `python -m orchestrator` (SENTRY_DSN, ...); the
+registered voices go to build/demo/voices unless VOICES_DIR says otherwise. The demo networks are
+random: the speech is noise-like, but every stage, error path and report is the real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from export.repository import COMMITTED_REPOSITORY, export_repository
+from indextts2.demo import write_demo_checkpoint
+from local_triton import LocalTritonServer, TritonStartError
+from orchestrator.app import create_app
+from orchestrator.settings import Settings, SettingsError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STAMP_SOURCES = [COMMITTED_REPOSITORY, REPO_ROOT / "export", REPO_ROOT / "indextts2"]
+
+
+def source_stamp() -> str:
+    """Hash of every source file the demo build depends on (generated files excluded)."""
+    digest = hashlib.sha256()
+    for root in STAMP_SOURCES:
+        for path in sorted(root.rglob("*")):
+            relative = path.relative_to(REPO_ROOT)
+            if not path.is_file() or path.suffix in (".onnx", ".data", ".pyc") or "weights" in relative.parts:
+                continue
+            digest.update(str(relative).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def build_demo(build_dir: Path, fresh: bool = False) -> tuple[Path, Path]:
+    """(checkpoint_dir, model_repository) of the demo preset, built or reused."""
+    checkpoint, repository, stamp_file = build_dir / "checkpoint", build_dir / "model_repository", build_dir / "stamp"
+    stamp = source_stamp()
+    if not fresh and stamp_file.is_file() and stamp_file.read_text() == stamp:
+        print(f"reusing the demo build in {build_dir}", flush=True)
+        return checkpoint, repository
+    stamp_file.unlink(missing_ok=True)
+    for folder in (checkpoint, repository):
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"writing the demo checkpoint and model repository to {build_dir} ...", flush=True)
+    paths = write_demo_checkpoint(checkpoint)
+    export_repository(paths, repository, progress=lambda line: print(f"  {line}", flush=True))
+    stamp_file.write_text(stamp)
+    return checkpoint, repository
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--build-dir", type=Path, default=REPO_ROOT / "build" / "demo")
+    parser.add_argument("--fresh", action="store_true", help="rebuild the demo checkpoint and repository")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    checkpoint, repository = build_demo(args.build_dir, args.fresh)
+    server = LocalTritonServer(repository)
+    try:
+        server.start(timeout_s=300)
+    except TritonStartError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
+        settings = dataclasses.replace(
+            settings, checkpoint_dir=checkpoint, triton_grpc_url=server.grpc_url,
+            voices_dir=Path(os.environ.get("VOICES_DIR") or args.build_dir / "voices"),
+        )
+        print(f"tritonserver ready: grpc {server.grpc_url}, log {server.log_path}", flush=True)
+        print(f"service: http://{settings.host}:{settings.port}/docs", flush=True)
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

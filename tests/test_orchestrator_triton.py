@@ -1,0 +1,249 @@
+"""The service against a real local tritonserver serving the exported demo repository (one server for the
+module): synthesis end to end, streaming, voices, caching, and faults made inside Triton (a model
+unloaded through explicit model control, a model that refuses the tensors it is sent), each checked for
+its HTTP status and its one Sentry event. Sentry envelopes are captured in-process (the tests against a
+real Bugsink server live elsewhere)."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import numpy as np
+import pytest
+import sentry_sdk
+import soundfile
+import tritonclient.grpc as grpcclient
+import uvicorn
+
+from local_triton import find_free_port
+from orchestrator.app import create_app
+from orchestrator.settings import Settings
+from orchestrator.testing import CapturingTransport, make_test_client, speech_like_wav
+from orchestrator.triton_client import PIPELINE_MODELS
+
+TEXT = "Hello there. This is a test of the speech service, in two sentences."
+FAST = {"diffusion_steps": "3", "seed": "7"}  # few flow-matching steps: the suite runs on 2 CPU cores
+
+
+@pytest.fixture(scope="module")
+def server(triton_server):
+    """The session's tritonserver: the fault tests below unload or reconfigure a model and restore it."""
+    return triton_server
+
+
+@pytest.fixture(scope="module")
+def transport():
+    transport = CapturingTransport()
+    yield transport
+    sentry_sdk.init()
+
+
+@pytest.fixture(scope="module")
+def client(server, demo_checkpoint, transport, tmp_path_factory):
+    settings = Settings(
+        checkpoint_dir=demo_checkpoint.model_dir, triton_grpc_url=server.grpc_url,
+        voices_dir=tmp_path_factory.mktemp("voices"), sentry_dsn="http://public@127.0.0.1:9/1",
+        sentry_transport=transport, device="cpu", triton_timeout_s=60.0, speech_diffusion_steps=3,
+    )
+    with make_test_client(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture()
+def events(transport):
+    transport.clear()
+    return transport
+
+
+def _tts(client, audio: bytes, **fields):
+    data = {"text": TEXT, **FAST, **fields}
+    return client.post("/v1/tts", data=data, files={"speaker_audio": ("voice.wav", audio, "audio/wav")})
+
+
+def _error_events(transport) -> list[dict]:
+    return [event for event in transport.events if event.get("level") == "error"]
+
+
+def _inference_count(server, model: str) -> int:
+    stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(model, as_json=True)
+    return int(stats["model_stats"][0].get("inference_count", 0))
+
+
+@contextmanager
+def _model_config_changed(server, model: str, change):
+    """Reload `model` with a changed config (explicit model control), then put the original back."""
+    triton = grpcclient.InferenceServerClient(server.grpc_url)
+    original = triton.get_model_config(model, as_json=True)["config"]
+    changed = json.loads(json.dumps(original))
+    change(changed)
+    triton.load_model(model, config=json.dumps(changed))
+    try:
+        yield
+    finally:
+        triton.load_model(model, config=json.dumps(original))
+
+
+@contextmanager
+def _uvicorn(app):
+    """The app behind a real uvicorn server on a free port, in a thread."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=find_free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def _model_unloaded(server, model: str):
+    triton = grpcclient.InferenceServerClient(server.grpc_url)
+    triton.unload_model(model)
+    try:
+        yield
+    finally:
+        triton.load_model(model)
+
+
+# --- readiness ---------------------------------------------------------------------------------------
+
+
+def test_readyz_reports_every_model_of_the_pipeline(client):
+    response = client.get("/readyz")
+    body = response.json()
+    assert body["triton_live"] is True
+    assert body["not_ready"] == []
+    assert response.status_code == 200
+    # The release names every model's version, as Triton reported them at start-up.
+    assert client.app.state.release.endswith("+models." + ".".join(["1"] * len(PIPELINE_MODELS)))
+
+
+def test_readyz_names_an_unloaded_model(client, server):
+    with _model_unloaded(server, "vocoder"):
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert "vocoder" in response.json()["not_ready"]
+
+
+# --- synthesis -----------------------------------------------------------------------------------------
+
+
+def test_tts_returns_a_valid_wav_of_plausible_length(client, events):
+    response = _tts(client, speech_like_wav(6.0, seed=11))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "audio/wav"
+    samples, rate = soundfile.read(io.BytesIO(response.content), dtype="int16")
+    info = soundfile.info(io.BytesIO(response.content))
+    assert (rate, info.channels, info.subtype) == (22050, 1, "PCM_16")
+    seconds = samples.shape[0] / rate
+    assert float(response.headers["x-audio-seconds"]) == pytest.approx(seconds, abs=1e-3)
+    segments = len(client.app.state.service.pipeline.segment_text(TEXT))
+    assets = client.app.state.service.assets
+    longest = segments * (assets.default_max_codes * 1.72 * 256 / 22050 + 0.2)
+    assert 0.0 < seconds <= longest
+    assert _error_events(events) == []
+
+
+def test_streaming_chunks_concatenate_to_the_same_wav(client):
+    """Over a real HTTP server (uvicorn): chunked transfer, a streaming WAV header, then PCM."""
+    audio = speech_like_wav(6.0, seed=12)
+    whole = _tts(client, audio)
+    assert whole.status_code == 200, whole.text
+    with _uvicorn(create_app(client.app.state.settings)) as url, httpx.stream(
+        "POST", f"{url}/v1/tts", data={"text": TEXT, **FAST, "stream": "true"},
+        files={"speaker_audio": ("voice.wav", audio, "audio/wav")}, timeout=120,
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["transfer-encoding"] == "chunked" and "content-length" not in response.headers
+        stream = b"".join(response.iter_raw())
+    assert stream[:4] == b"RIFF" and struct.unpack("<I", stream[40:44])[0] == 0xFFFFFFFF
+    samples, rate = soundfile.read(io.BytesIO(stream), dtype="int16")
+    expected, _ = soundfile.read(io.BytesIO(whole.content), dtype="int16")
+    assert rate == 22050 and samples.shape[0] == (len(stream) - 44) // 2
+    np.testing.assert_array_equal(samples, expected)  # same seed: the same audio, streamed
+
+
+def test_registered_voice_with_the_emotion_of_another_through_both_routes(client):
+    for name, seed in (("alice", 21), ("bob", 22)):
+        assert client.post("/v1/voices", data={"name": name},
+                           files={"audio": ("v.wav", speech_like_wav(5.5, seed=seed), "audio/wav")}).status_code == 201
+    try:
+        response = client.post("/v1/tts", data={"text": TEXT, **FAST, "voice": "alice", "emotion_voice": "bob",
+                                                "emo_alpha": "0.7"})
+        assert response.status_code == 200, response.text
+        speech = client.post("/v1/audio/speech", json={"input": "Good morning.", "voice": "alice",
+                                                       "response_format": "pcm", "speed": 1.25})
+        assert speech.status_code == 200 and speech.headers["content-type"] == "audio/pcm"
+        assert len(speech.content) > 0 and len(speech.content) % 2 == 0
+    finally:
+        for name in ("alice", "bob"):
+            client.delete(f"/v1/voices/{name}")
+
+
+def test_a_voice_is_stored_once_and_its_conditioning_reused(client, server):
+    audio = speech_like_wav(5.5, seed=31)
+    encoder_runs = _inference_count(server, "semantic_encoder")
+    for name in ("carol", "carol-copy"):
+        response = client.post("/v1/voices", data={"name": name}, files={"audio": ("c.wav", audio, "audio/wav")})
+        assert response.status_code == 201, response.text
+    assert _inference_count(server, "semantic_encoder") == encoder_runs + 1  # the second hit the cache
+    voices_dir = client.app.state.settings.voices_dir
+    assert len(list((voices_dir / "audio").iterdir())) == 1
+    listed = client.get("/v1/voices").json()["voices"]
+    assert [voice["name"] for voice in listed] == ["carol", "carol-copy"]
+    assert client.post("/v1/voices", data={"name": "carol"},
+                       files={"audio": ("c.wav", audio, "audio/wav")}).status_code == 409
+    for name in ("carol", "carol-copy"):
+        assert client.delete(f"/v1/voices/{name}").status_code == 204
+    assert list((voices_dir / "audio").iterdir()) == []
+
+
+# --- faults inside Triton ------------------------------------------------------------------------------
+
+
+def test_unloaded_model_is_503_and_one_event_tagged_with_its_stage(client, server, events):
+    with _model_unloaded(server, "campplus"):
+        response = _tts(client, speech_like_wav(6.0, seed=41))
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert (error["type"], error["stage"]) == ("model_unavailable", "campplus")
+    (event,) = _error_events(events)
+    assert event["tags"]["stage"] == "campplus" and event["tags"]["model"] == "campplus"
+    assert event["tags"]["model_version"] == "1"
+    assert event["fingerprint"] == ["campplus", "model_unavailable"]
+
+
+def test_model_refusing_its_tensors_is_502_and_one_event_tagged_with_its_stage(client, server, events):
+    def expect_another_width(config: dict) -> None:
+        config["input"][0]["dims"] = ["-1", "7"]  # semantic_features (T, 7): ours are (T, 64)
+
+    with _model_config_changed(server, "speaker_conditioner", expect_another_width):
+        response = _tts(client, speech_like_wav(6.0, seed=42))
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert (error["type"], error["stage"]) == ("model_error", "speaker_conditioner")
+    assert "unexpected shape" in error["message"]
+    (event,) = _error_events(events)
+    assert event["tags"]["stage"] == "speaker_conditioner"
+    assert event["fingerprint"] == ["speaker_conditioner", "model_error"]
+
+
+def test_decoder_missing_is_503_tagged_gpt_decoder(client, server, events):
+    """With gpt_decoder unloaded a request fails at that stage, once."""
+    with _model_unloaded(server, "gpt_decoder"):
+        response = _tts(client, speech_like_wav(6.0, seed=43))
+    assert response.status_code == 503
+    assert response.json()["error"]["stage"] == "gpt_decoder"
+    (event,) = _error_events(events)
+    assert event["tags"]["stage"] == "gpt_decoder"
