@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from indextts2.demo import DEMO_CONFIG, SEMANTIC_DIM
 from indextts2.engine import DecoderEngine, DecodeRequest, SamplingConfig
 from indextts2.networks.gpt import Conv1D, UnifiedVoice, build_gpt
+from indextts2.presets import DEMO_CONFIG, SEMANTIC_DIM
 
 # GPT sizes: the demo preset, a mid-size one, and the released IndexTTS-2 GPT.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -24,7 +24,6 @@ indicative (a trained network has other activation ranges).
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import os
@@ -44,300 +43,12 @@ PROTOBUF_LIMIT = 2**31  # a single ONNX protobuf cannot exceed 2 GiB; bigger mod
 GIB = 2**30
 MIB = 2**20
 
-# ---------------------------------------------------------------------------------------------------
-# The official dimensions
-# ---------------------------------------------------------------------------------------------------
-
-# The released IndexTTS-2 checkpoints/config.yaml (IndexTeam/IndexTTS-2 on the HF hub), value for value.
-OFFICIAL_CONFIG: dict[str, Any] = {
-    "dataset": {
-        "bpe_model": "bpe.model",
-        "sample_rate": 24000,
-        "squeeze": False,
-        "mel": {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "win_length": 1024, "n_mels": 100,
-                "mel_fmin": 0, "normalize": False},
-    },
-    "gpt": {
-        "model_dim": 1280,
-        "max_mel_tokens": 1815,
-        "max_text_tokens": 600,
-        "heads": 20,
-        "use_mel_codes_as_input": True,
-        "mel_length_compression": 1024,
-        "layers": 24,
-        "number_text_tokens": 12000,
-        "number_mel_codes": 8194,
-        "start_mel_token": 8192,
-        "stop_mel_token": 8193,
-        "start_text_token": 0,
-        "stop_text_token": 1,
-        "train_solo_embeddings": False,
-        "condition_type": "conformer_perceiver",
-        "condition_module": {"output_size": 512, "linear_units": 2048, "attention_heads": 8, "num_blocks": 6,
-                             "input_layer": "conv2d2", "perceiver_mult": 2},
-        "emo_condition_module": {"output_size": 512, "linear_units": 1024, "attention_heads": 4, "num_blocks": 4,
-                                 "input_layer": "conv2d2", "perceiver_mult": 2},
-    },
-    "semantic_codec": {"codebook_size": 8192, "hidden_size": 1024, "codebook_dim": 8, "vocos_dim": 384,
-                       "vocos_intermediate_dim": 2048, "vocos_num_layers": 12},
-    "s2mel": {
-        "preprocess_params": {
-            "sr": 22050,
-            "spect_params": {"n_fft": 1024, "win_length": 1024, "hop_length": 256, "n_mels": 80, "fmin": 0,
-                             "fmax": "None"},
-        },
-        "dit_type": "DiT",
-        "reg_loss_type": "l1",
-        "style_encoder": {"dim": 192},
-        "length_regulator": {"channels": 512, "is_discrete": False, "in_channels": 1024,
-                             "content_codebook_size": 2048, "sampling_ratios": [1, 1, 1, 1],
-                             "vector_quantize": False, "n_codebooks": 1, "quantizer_dropout": 0.0,
-                             "f0_condition": False, "n_f0_bins": 512},
-        "DiT": {"hidden_dim": 512, "num_heads": 8, "depth": 13, "class_dropout_prob": 0.1, "block_size": 8192,
-                "in_channels": 80, "style_condition": True, "final_layer_type": "wavenet", "target": "mel",
-                "content_dim": 512, "content_codebook_size": 1024, "content_type": "discrete",
-                "f0_condition": False, "n_f0_bins": 512, "content_codebooks": 1, "is_causal": False,
-                "long_skip_connection": True, "zero_prompt_speech_token": False, "time_as_token": False,
-                "style_as_token": False, "uvit_skip_connection": True, "add_resblock_in_transformer": False},
-        "wavenet": {"hidden_dim": 512, "num_layers": 8, "kernel_size": 5, "dilation_rate": 1, "p_dropout": 0.2,
-                    "style_condition": True},
-    },
-    "gpt_checkpoint": "gpt.pth",
-    "w2v_stat": "wav2vec2bert_stats.pt",
-    "s2mel_checkpoint": "s2mel.pth",
-    "emo_matrix": "feat2.pt",
-    "spk_matrix": "feat1.pt",
-    "emo_num": [3, 17, 2, 8, 4, 5, 10, 24],
-    "qwen_emo_path": "qwen0.6bemo4-merge/",
-    "vocoder": {"type": "bigvgan", "name": "nvidia/bigvgan_v2_22khz_80band_256x"},
-    "version": 2.0,
-}
-
-# nvidia/bigvgan_v2_22khz_80band_256x config.json (the hyper-parameters that shape the generator, and
-# the audio ones).
-OFFICIAL_BIGVGAN_CONFIG: dict[str, Any] = {
-    "resblock": "1",
-    "upsample_rates": [4, 4, 2, 2, 2, 2],
-    "upsample_kernel_sizes": [8, 8, 4, 4, 4, 4],
-    "upsample_initial_channel": 1536,
-    "resblock_kernel_sizes": [3, 7, 11],
-    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-    "use_tanh_at_final": False,
-    "use_bias_at_final": False,
-    "activation": "snakebeta",
-    "snake_logscale": True,
-    "num_mels": 80,
-    "num_freq": 1025,
-    "n_fft": 1024,
-    "hop_size": 256,
-    "win_size": 1024,
-    "sampling_rate": 22050,
-    "fmin": 0,
-    "fmax": None,
-}
-
-# facebook/w2v-bert-2.0: transformers' Wav2Vec2BertConfig defaults are that model's config; these are the
-# widths `write_tiny_w2v_bert` takes, at their real values. All 24 layers are written, as in the real
-# model.safetensors; the loader reads the first 17.
-OFFICIAL_W2V_BERT: dict[str, Any] = {
-    "hidden_size": 1024, "num_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
-    "conv_depthwise_kernel_size": 31,
-}
-
-# funasr/campplus campplus_cn_common.bin is CAMPPlus(feat_dim=80, embedding_size=192): our defaults.
-OFFICIAL_CAMPPLUS: dict[str, Any] = {}
-
-# The official bpe.model has 12000 pieces; the demo corpus trains at most ~3500. The ONNX stages never
-# read it; any vocabulary up to number_text_tokens fits the GPT.
-BPE_VOCAB = 2048
-
-
-@dataclass(frozen=True)
-class CheckpointPreset:
-    name: str
-    config: dict[str, Any]
-    bigvgan: dict[str, Any]
-    campplus: dict[str, Any]
-    w2v_bert: dict[str, Any]
-    bpe_vocab: int
-
-
-def preset(name: str) -> CheckpointPreset:
-    """`official` (the released sizes) or `tiny` (the demo preset's sizes, for tests of this script)."""
-    if name == "official":
-        return CheckpointPreset("official", copy.deepcopy(OFFICIAL_CONFIG), copy.deepcopy(OFFICIAL_BIGVGAN_CONFIG),
-                                dict(OFFICIAL_CAMPPLUS), dict(OFFICIAL_W2V_BERT), BPE_VOCAB)
-    if name == "tiny":
-        from indextts2 import demo
-
-        return CheckpointPreset(
-            "tiny", copy.deepcopy(demo.DEMO_CONFIG), copy.deepcopy(demo.DEMO_BIGVGAN_CONFIG),
-            dict(demo.DEMO_CAMPPLUS_CONFIG), {"hidden_size": demo.SEMANTIC_DIM, "num_layers": 17},
-            demo.TEXT_VOCAB,
-        )
-    raise ValueError(f"unknown preset {name!r}: official or tiny")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Step 1 (child): the random checkpoint
-# ---------------------------------------------------------------------------------------------------
-
-
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _perturb_(module, generator) -> None:
-    """Add noise to every parameter so that no gain is exactly 1 and no bias or zero-initialised
-    embedding exactly 0 (an inert path would make the verification error meaningless). Matrices get
-    0.1 / sqrt(fan_in) * N(0, 1): at 1024-1536 channels an unscaled 0.1 would multiply the activations
-    by several per layer, far from what a trained network computes."""
-    import torch
-
-    with torch.no_grad():
-        for parameter in module.parameters():
-            scale = 0.1
-            if parameter.dim() >= 2:
-                scale /= (parameter.numel() // parameter.shape[0]) ** 0.5
-            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
-
-
-def _randomise_batch_norm_stats_(module, generator) -> None:
-    import torch
-
-    with torch.no_grad():
-        for layer in module.modules():
-            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.running_var is not None:
-                layer.running_mean.copy_(0.1 * torch.randn(layer.running_mean.shape, generator=generator))
-                layer.running_var.copy_(1.0 + 0.1 * torch.rand(layer.running_var.shape, generator=generator))
-
-
 def _file_sizes(root: Path, relative_to: Path) -> dict[str, int]:
     return {str(p.relative_to(relative_to)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def write_random_checkpoint(out_dir: Path, checkpoint_preset: CheckpointPreset, seed: int = 0) -> list[dict]:
-    """Write a complete random checkpoint in the official layout (the external parts under hf_cache/,
-    as the official downloader places them); one network at a time, each freed before the next.
-
-    Returns one record per part: files written (path -> bytes), parameter count, seconds.
-    """
-    import gc
-
-    import torch
-    import yaml
-    from safetensors.torch import save_file
-
-    from indextts2.checkpoint_dir import (
-        DEFAULT_BIGVGAN_DIR,
-        DEFAULT_CAMPPLUS,
-        DEFAULT_SEMANTIC_CODEC,
-        DEFAULT_W2V_BERT_DIR,
-    )
-    from indextts2.frontend.text import train_demo_bpe
-    from indextts2.networks.bigvgan import bigvgan_official_checkpoint, build_bigvgan
-    from indextts2.networks.campplus import CAMPPlus
-    from indextts2.networks.gpt import build_gpt
-    from indextts2.networks.s2mel import build_s2mel, s2mel_official_checkpoint
-    from indextts2.networks.semantic_codec import build_semantic_codec, semantic_codec_official_state_dict
-    from indextts2.networks.semantic_encoder import write_tiny_w2v_bert
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = checkpoint_preset.config
-    semantic_dim = int(config["semantic_codec"]["hidden_size"])
-    model_dim = int(config["gpt"]["model_dim"])
-    style_dim = int(config["s2mel"]["style_encoder"]["dim"])
-    generator = torch.Generator().manual_seed(seed)
-    records: list[dict] = []
-
-    def part(name: str, write) -> None:
-        _say(f"  writing {name} ...")
-        before = _file_sizes(out_dir, out_dir)
-        started = time.perf_counter()
-        parameters = write()
-        seconds = time.perf_counter() - started
-        gc.collect()
-        files = {k: v for k, v in _file_sizes(out_dir, out_dir).items() if before.get(k) != v}
-        records.append({"part": name, "files": files, "bytes": sum(files.values()), "parameters": parameters,
-                        "seconds": seconds})
-        _say(f"  wrote {name}: {sum(files.values()) / MIB:.1f} MiB in {seconds:.1f} s")
-
-    def count(module) -> int:
-        return sum(p.numel() for p in module.parameters())
-
-    def write_config_and_bpe() -> None:
-        with (out_dir / "config.yaml").open("w") as f:
-            yaml.safe_dump(config, f, sort_keys=False)
-        vocab = min(checkpoint_preset.bpe_vocab, int(config["gpt"]["number_text_tokens"]))
-        train_demo_bpe(out_dir / config["dataset"]["bpe_model"], vocab_size=vocab)
-
-    def write_gpt() -> int:
-        gpt = build_gpt(config["gpt"], feature_dim=semantic_dim)
-        _perturb_(gpt, generator)
-        torch.save(gpt.state_dict(), out_dir / config["gpt_checkpoint"])
-        return count(gpt)
-
-    def write_s2mel() -> int:
-        s2mel = build_s2mel(config["s2mel"], gpt_latent_dim=model_dim)
-        _perturb_(s2mel, generator)
-        torch.save(s2mel_official_checkpoint(s2mel), out_dir / config["s2mel_checkpoint"])
-        return count(s2mel)
-
-    def write_stats_and_matrices() -> None:
-        torch.save({"mean": 0.1 * torch.randn(semantic_dim, generator=generator),
-                    "var": 0.5 + torch.rand(semantic_dim, generator=generator)}, out_dir / config["w2v_stat"])
-        rows = sum(config["emo_num"])
-        torch.save(torch.randn(rows, style_dim, generator=generator), out_dir / config["spk_matrix"])
-        torch.save(torch.randn(rows, model_dim, generator=generator), out_dir / config["emo_matrix"])
-
-    def write_w2v_bert() -> int:
-        directory = write_tiny_w2v_bert(out_dir / DEFAULT_W2V_BERT_DIR, seed=seed, **checkpoint_preset.w2v_bert)
-        from safetensors import safe_open
-
-        with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
-            return sum(_numel(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
-
-    def write_semantic_codec() -> int:
-        codec = build_semantic_codec(config["semantic_codec"])
-        _perturb_(codec, generator)
-        save_file(semantic_codec_official_state_dict(codec), str(out_dir / DEFAULT_SEMANTIC_CODEC))
-        return count(codec)
-
-    def write_campplus() -> int:
-        campplus = CAMPPlus(**checkpoint_preset.campplus).eval()
-        _perturb_(campplus, generator)
-        _randomise_batch_norm_stats_(campplus, generator)
-        (out_dir / DEFAULT_CAMPPLUS).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(campplus.state_dict(), out_dir / DEFAULT_CAMPPLUS)
-        return count(campplus)
-
-    def write_bigvgan() -> int:
-        bigvgan_dir = out_dir / DEFAULT_BIGVGAN_DIR
-        bigvgan_dir.mkdir(parents=True, exist_ok=True)
-        (bigvgan_dir / "config.json").write_text(json.dumps(checkpoint_preset.bigvgan, indent=2))
-        bigvgan = build_bigvgan(checkpoint_preset.bigvgan)
-        _perturb_(bigvgan, generator)
-        torch.save(bigvgan_official_checkpoint(bigvgan), bigvgan_dir / "bigvgan_generator.pt")
-        return count(bigvgan)
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # write_tiny_w2v_bert and the builders' own initialisation
-        part("config.yaml + bpe.model", write_config_and_bpe)
-        part("gpt.pth", write_gpt)
-        part("s2mel.pth", write_s2mel)
-        part("stats + feat1/feat2", write_stats_and_matrices)
-        part("w2v-bert-2.0", write_w2v_bert)
-        part("semantic codec", write_semantic_codec)
-        part("campplus", write_campplus)
-        part("bigvgan", write_bigvgan)
-    return records
-
-
-def _numel(shape) -> int:
-    total = 1
-    for size in shape:
-        total *= int(size)
-    return total
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -478,8 +189,12 @@ def export_one_stage(checkpoint_dir: Path, stage_name: str, onnx_dir: Path) -> d
 
 def _child_main(args: argparse.Namespace) -> int:
     if args.child == "write-checkpoint":
-        records = write_random_checkpoint(args.child_dir, preset(args.preset), seed=args.seed)
-        result = {"parts": records, "stages": _stage_names(args.child_dir)}
+        from indextts2.presets import PRESETS, write_random_checkpoint
+
+        _, records = write_random_checkpoint(args.child_dir, PRESETS[args.preset], seed=args.seed, progress=_say)
+        parts = [{"part": r.name, "files": r.files, "bytes": sum(r.files.values()), "parameters": r.parameters,
+                  "seconds": r.seconds} for r in records]
+        result = {"parts": parts, "stages": _stage_names(args.child_dir)}
     elif args.child == "list-stages":
         result = {"stages": _stage_names(args.checkpoint)}
     elif args.child == "export-stage":
@@ -668,7 +383,9 @@ def run(args: argparse.Namespace) -> int:
                 _say(f"[checkpoint] failed (exit status {run_.returncode})")
                 return 1
             parts = run_.result["parts"]
-            chosen = preset(args.preset)
+            from indextts2.presets import PRESETS
+
+            chosen = PRESETS[args.preset]
             report["dimensions"] = {"config.yaml": chosen.config, "bigvgan config.json": chosen.bigvgan,
                                     "campplus": chosen.campplus or "CAMPPlus defaults", "w2v-bert": chosen.w2v_bert}
             report["checkpoint"] = {
@@ -745,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="write the Markdown report here (it is also printed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     # For tests: the demo preset's dimensions instead of the official ones.
-    parser.add_argument("--preset", choices=("official", "tiny"), default="official", help=argparse.SUPPRESS)
+    parser.add_argument("--preset", choices=("official", "demo"), default="official", help=argparse.SUPPRESS)
     # The child processes: this script runs itself for every heavy step.
     parser.add_argument("--child", choices=("write-checkpoint", "list-stages", "export-stage"),
                         help=argparse.SUPPRESS)

@@ -15,7 +15,7 @@ from export.onnx_export import ExportVerificationError
 from export.repository import COMMITTED_REPOSITORY, export_repository
 from indextts2.checkpoint import CheckpointError
 from indextts2.checkpoint_dir import CheckpointPaths
-from indextts2.demo import write_demo_checkpoint
+from indextts2.presets import write_demo_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 import uvicorn
 
 from export.repository import COMMITTED_REPOSITORY, export_repository
-from indextts2.demo import write_demo_checkpoint
+from indextts2.presets import write_demo_checkpoint
 from local_triton import LocalTritonServer, TritonStartError
 from orchestrator.app import create_app
 from orchestrator.settings import Settings, SettingsError

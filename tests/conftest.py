@@ -32,7 +32,7 @@ def _deterministic_torch():
 @pytest.fixture(scope="session")
 def demo_checkpoint(tmp_path_factory):
     """The demo preset, written once per test session."""
-    from indextts2.demo import write_demo_checkpoint
+    from indextts2.presets import write_demo_checkpoint
 
     return write_demo_checkpoint(tmp_path_factory.mktemp("demo_checkpoint"))
 
@@ -56,7 +56,7 @@ LONG_MAX_CODES = 100_000
 def _add_test_models(repository, demo_stop_code: int, tmp_path_factory) -> list[str]:
     import shutil
 
-    from indextts2.demo import write_demo_checkpoint
+    from indextts2.presets import write_demo_checkpoint
 
     bls = repository / "s2mel_bls"
     shutil.copytree(repository / "s2mel", bls)

@@ -1,5 +1,5 @@
 """benchmarks/export_official_size.py, run end to end on the demo preset's dimensions (hidden `--preset
-tiny`) for two cheap stages: the checkpoint is written, each stage exported in its own process, and
+demo`) for two cheap stages: the checkpoint is written, each stage exported in its own process, and
 the JSON and Markdown reports come out complete. Speed is not checked."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ STAGES = ["semantic_codec", "length_regulator"]
 def tiny_run(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("export_benchmark")
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--preset", "tiny", "--stages", *STAGES, "--work-dir", str(out / "work"),
+        [sys.executable, str(SCRIPT), "--preset", "demo", "--stages", *STAGES, "--work-dir", str(out / "work"),
          "--json", str(out / "result.json"), "--markdown", str(out / "result.md")],
         check=False, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
     )
@@ -36,7 +36,7 @@ def tiny_run(tmp_path_factory) -> dict:
 
 def test_json_report_holds_hardware_checkpoint_and_the_chosen_stages(tiny_run):
     report = tiny_run["report"]
-    assert report["preset"] == "tiny"
+    assert report["preset"] == "demo"
     hardware = report["hardware"]
     assert hardware["cpu_cores"] >= 1 and hardware["torch"] and hardware["onnxruntime"]
     assert hardware["ram_bytes"] > 0 and hardware["cpu_model"]

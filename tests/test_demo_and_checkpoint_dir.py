@@ -11,8 +11,8 @@ import torch
 
 from indextts2.checkpoint import CheckpointError
 from indextts2.checkpoint_dir import CheckpointPaths, load_networks
-from indextts2.demo import write_demo_checkpoint
 from indextts2.pipeline import OUTPUT_SAMPLE_RATE, SEGMENT_SILENCE_MS, EagerPipeline, SamplingConfig
+from indextts2.presets import write_demo_checkpoint
 
 OFFICIAL_FILES = [
     "config.yaml", "gpt.pth", "s2mel.pth", "bpe.model", "wav2vec2bert_stats.pt", "feat1.pt", "feat2.pt",
