@@ -199,6 +199,7 @@ class LocalTritonServer:
         exit_timeout_s: int = 2,
         extra_args: tuple[str, ...] | list[str] = (),
         keep_workdir: bool = False,
+        environment: dict[str, str] | None = None,
     ) -> None:
         if model_control_mode not in MODEL_CONTROL_MODES:
             raise ValueError(
@@ -216,6 +217,8 @@ class LocalTritonServer:
         self._requested_ports = {"grpc": grpc_port, "http": http_port, "metrics": metrics_port}
         self._ports: dict[str, int] = {}
         self.keep_workdir = keep_workdir
+        # Extra variables for the server and its Python models (e.g. SENTRY_DSN, so they report errors).
+        self.environment = dict(environment or {})
         self._given_backend_directory = Path(backend_directory).resolve() if backend_directory else None
         self._given_log_path = Path(log_path).resolve() if log_path else None
         self._backend_directory = self._given_backend_directory
@@ -307,6 +310,7 @@ class LocalTritonServer:
         installation = find_triton_installation()
         _check_numpy_below_2()
         env = server_environment()
+        env.update(self.environment)
         if self._workdir is None and (self._backend_directory is None or self._log_path is None):
             self._workdir = Path(tempfile.mkdtemp(prefix="local_triton_"))
         # Also after a failed start: the temporary folder goes when the interpreter exits.

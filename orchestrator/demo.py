@@ -26,9 +26,11 @@ import uvicorn
 
 from export.repository import COMMITTED_REPOSITORY, export_repository
 from indextts2.presets import write_demo_checkpoint
+from local_bugsink import BugsinkServer, BugsinkStartError
 from local_triton import LocalTritonServer, TritonStartError
 from orchestrator.app import create_app
 from orchestrator.settings import Settings, SettingsError
+from orchestrator.testing import speech_like_wav
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAMP_SOURCES = [COMMITTED_REPOSITORY, REPO_ROOT / "export", REPO_ROOT / "indextts2"]
@@ -63,6 +65,13 @@ def build_demo(build_dir: Path, fresh: bool = False) -> tuple[Path, Path]:
     return checkpoint, repository
 
 
+def write_example_speaker(path: Path) -> None:
+    """A 6 s synthetic voice-like reference clip, so the printed curl line works as it is."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(speech_like_wav(6.0))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--build-dir", type=Path, default=REPO_ROOT / "build" / "demo")
@@ -76,24 +85,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     checkpoint, repository = build_demo(args.build_dir, args.fresh)
-    server = LocalTritonServer(repository)
+    bugsink = None
+    if not settings.sentry_dsn:
+        # The embedded error tracker: a local Bugsink on loopback, kept in the build folder.
+        try:
+            bugsink = BugsinkServer(data_dir=args.build_dir / "bugsink").start(timeout_s=120)
+        except BugsinkStartError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        settings = dataclasses.replace(settings, sentry_dsn=bugsink.dsn)
+        print(f"error tracker (Bugsink): {bugsink.base_url} (user {bugsink.admin_username}, "
+              f"password {bugsink.admin_password})", flush=True)
+    # The Python models report their own exceptions to the same tracker, on the requests' traces.
+    server = LocalTritonServer(repository, environment={
+        "SENTRY_DSN": settings.sentry_dsn, "SENTRY_ENVIRONMENT": settings.sentry_environment,
+        "SENTRY_TRACES_SAMPLE_RATE": str(settings.sentry_traces_sample_rate),
+    })
     try:
-        server.start(timeout_s=300)
-    except TritonStartError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    try:
+        try:
+            server.start(timeout_s=300)
+        except TritonStartError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         settings = dataclasses.replace(
             settings, checkpoint_dir=checkpoint, triton_grpc_url=server.grpc_url,
             voices_dir=Path(os.environ.get("VOICES_DIR") or args.build_dir / "voices"),
         )
+        base = f"http://{settings.host}:{settings.port}"
+        speaker = REPO_ROOT / "build" / "demo" / "speaker.wav"
+        write_example_speaker(speaker)
         print(f"tritonserver ready: grpc {server.grpc_url}, log {server.log_path}", flush=True)
-        print(f"service: http://{settings.host}:{settings.port}/docs", flush=True)
+        print(f"service: {base}/docs", flush=True)
+        print("try:\n"
+              f"  curl -sS -o hello.wav -F text='Hello from IndexTTS-2 on Triton.' -F speaker_audio=@{speaker} "
+              f"{base}/v1/tts", flush=True)
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:
         server.stop()
+        if bugsink is not None:
+            bugsink.stop()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -47,7 +47,7 @@ def golden_model(golden_tiny: Path) -> UnifiedVoice:
 
 @pytest.fixture(scope="module")
 def demo_model(demo_checkpoint) -> UnifiedVoice:
-    # The demo GPT's stop code is tuned so that sampled sequences end (after ~60 codes).
+    # A random GPT: sampled sequences end when they happen to draw the stop code.
     return load_checkpoint_gpt(demo_checkpoint.model_dir)
 
 
@@ -365,3 +365,20 @@ def test_stop_ends_waiting_and_running_requests_with_shutdown(golden_model, gen)
     result = running.result(timeout=0)
     assert result.stop_reason == StopReason.SHUTDOWN and len(result.codes) == 2
     assert waiting.result(timeout=0).stop_reason == StopReason.SHUTDOWN
+
+
+def test_the_start_code_is_never_emitted_even_where_the_network_prefers_it(demo_checkpoint):
+    # A GPT whose head all but always picks the start code: a random network can emit it, and the
+    # codec has no embedding for it, so neither decoder may ever choose it.
+    model = load_checkpoint_gpt(demo_checkpoint.model_dir)
+    with torch.no_grad():
+        model.mel_head.bias[model.start_mel_token] = 1e4
+    requests = demo_requests(model, max_codes=12)
+    engine = DecoderEngine(model, max_slots=3)
+    handles = [engine.submit(request) for request in requests]
+    engine.run_until_idle()
+    for request, handle in zip(requests, handles):
+        codes = handle.result(timeout=5).codes
+        assert model.start_mel_token not in codes.tolist()
+        alone = model.generate(request.speaker_latents, request.emotion_vector, request.text_ids, request.sampling)
+        assert model.start_mel_token not in alone.codes.tolist()

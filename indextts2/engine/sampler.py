@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from indextts2.networks.gpt import SamplingConfig, apply_repetition_penalty, apply_sampling_warpers
+from indextts2.networks.gpt import (
+    SamplingConfig,
+    apply_repetition_penalty,
+    apply_sampling_warpers,
+    without_start_code,
+)
 
 # HF `generate` sees the official dummy prompt id 1 (and the start code) as already generated.
 _OFFICIAL_DUMMY_PROMPT_ID = 1
@@ -39,6 +44,7 @@ class SequenceSampler:
 
     def __init__(self, config: SamplingConfig, vocab_size: int, start_code: int, device: torch.device):
         self.config = config
+        self.start_code = start_code
         self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
         if config.penalize_prompt_ids:
             self.seen[[_OFFICIAL_DUMMY_PROMPT_ID, start_code]] = True
@@ -54,6 +60,7 @@ def sample_next_codes(logits: torch.Tensor, samplers: list[SequenceSampler]) -> 
     device = logits.device
     scores = logits.float()
     penalty = torch.tensor([s.config.repetition_penalty for s in samplers], device=device)
+    scores = without_start_code(scores, samplers[0].start_code)
     scores = apply_repetition_penalty(scores, torch.stack([s.seen for s in samplers]), penalty)
     chosen = scores.argmax(dim=-1)
 

@@ -210,6 +210,18 @@ class SamplingConfig:
     penalize_prompt_ids: bool = True
 
 
+def without_start_code(logits: torch.Tensor, start_code: int) -> torch.Tensor:
+    """The logits with the start code removed from the candidates (set to -inf).
+
+    A trained GPT never emits the start code; a random one can, and it is no semantic code (the codec
+    cannot embed it), so both decoders drop it before the repetition penalty and the warpers. The
+    official code leaves it in; on the golden data this changes no code.
+    """
+    logits = logits.clone()
+    logits[:, start_code] = float("-inf")
+    return logits
+
+
 def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
     """HF repetition penalty: a seen code's positive logit is divided by the penalty, a negative one
     multiplied. scores (B, V); seen (B, V) bool; penalty (B,)."""
@@ -588,7 +600,7 @@ class UnifiedVoice(nn.Module):
                     hidden = self.decode(embeds)
             latent = hidden[:, -1]
             logits = self.mel_head(latent)
-            scores = apply_repetition_penalty(logits, seen, penalty)
+            scores = apply_repetition_penalty(without_start_code(logits, self.start_mel_token), seen, penalty)
             if sampling.do_sample:
                 scores = apply_sampling_warpers(scores, temperature, top_k, top_p)
             code = int(choose_next_codes(scores, do_sample, generator)[0])
