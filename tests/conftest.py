@@ -85,17 +85,24 @@ SERVED_MODELS = [
 
 
 @pytest.fixture(scope="session")
-def triton_server(demo_repository, tmp_path_factory):
+def triton_server(request, demo_repository, tmp_path_factory):
     """One real local tritonserver for the whole session, serving every model of the demo repository
-    (explicit model control, so tests may unload and load models) plus the test-only copies above."""
+    (explicit model control, so tests may unload and load models) plus the test-only copies above.
+    Its Python models report their exceptions to the session's Bugsink, where one is installed."""
     pytest.importorskip("tritonclient.grpc")
     from indextts2.config import load_config
     from local_triton import LocalTritonServer
 
+    environment = {}
+    try:
+        environment["SENTRY_DSN"] = request.getfixturevalue("bugsink_server").dsn
+    except pytest.skip.Exception:
+        pass
     repository = demo_repository.repository
     stop_code = load_config(repository / "gpt_decoder" / "1" / "weights" / "config.yaml")["gpt"]["stop_mel_token"]
     extra = _add_test_models(repository, stop_code, tmp_path_factory)
-    server = LocalTritonServer(repository, model_control_mode="explicit", load_models=SERVED_MODELS + extra)
+    server = LocalTritonServer(repository, model_control_mode="explicit", load_models=SERVED_MODELS + extra,
+                               environment=environment)
     server.start(timeout_s=180)
     try:
         yield server

@@ -53,10 +53,10 @@ class ModelTelemetry:
         return {key: str(parameters[key]) for key in ("sentry-trace", "baggage") if key in parameters}
 
     @contextmanager
-    def request_scope(self, headers: dict[str, str], metadata: dict[str, Any] | None = None) -> Iterator[None]:
-        """Work for one request, on its caller's trace; an exception escaping it is reported, then re-raised."""
+    def _scope(self, headers: dict[str, str], metadata: dict[str, Any] | None) -> Iterator[Any]:
+        """A scope on the caller's trace, tagged with this model; None when reporting is off."""
         if not self.enabled:
-            yield
+            yield None
             return
         with sentry_sdk.isolation_scope() as scope:
             scope.set_tag("stage", self.model_name)
@@ -66,22 +66,14 @@ class ModelTelemetry:
             scope.set_context("request", dict(metadata or {}))
             transaction = sentry_sdk.continue_trace(headers, op="triton.model", name=self.model_name)
             with sentry_sdk.start_transaction(transaction):
-                try:
-                    yield
-                except Exception as error:
-                    scope.fingerprint = [self.model_name, type(error).__name__]
-                    sentry_sdk.capture_exception(error)
-                    raise
+                yield scope
 
     def report(self, error: BaseException, headers: dict[str, str], metadata: dict[str, Any] | None = None) -> None:
-        """Report an exception that the model turned into an error response."""
-        if not self.enabled:
-            return
-        try:
-            with self.request_scope(headers, metadata):
-                raise error
-        except BaseException:  # noqa: BLE001, S110 - reported above; the caller answers the request
-            pass
+        """Report an exception (with its stack trace) that the model turned into an error response."""
+        with self._scope(headers, metadata) as scope:
+            if scope is not None:
+                scope.fingerprint = [self.model_name, type(error).__name__]
+                sentry_sdk.capture_exception(error)
 
     def flush(self) -> None:
         if self.enabled:
