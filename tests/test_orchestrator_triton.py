@@ -24,7 +24,7 @@ import uvicorn
 from local_triton import find_free_port
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
-from orchestrator.testing import CapturingTransport, make_test_client, speech_like_wav
+from orchestrator.testing import make_test_client, speech_like_wav
 from orchestrator.triton_client import PIPELINE_MODELS
 
 TEXT = "Hello there. This is a test of the speech service, in two sentences."
@@ -38,36 +38,36 @@ def server(triton_server):
 
 
 @pytest.fixture(scope="module")
-def transport():
-    transport = CapturingTransport()
-    yield transport
-    sentry_sdk.init()
-
-
-@pytest.fixture(scope="module")
-def client(server, demo_checkpoint, transport, tmp_path_factory):
+def client(server, bugsink_server, demo_checkpoint, tmp_path_factory):
+    """The service reporting to the session's real Bugsink (integration tests do not mock Sentry)."""
     settings = Settings(
         checkpoint_dir=demo_checkpoint.model_dir, triton_grpc_url=server.grpc_url,
-        voices_dir=tmp_path_factory.mktemp("voices"), sentry_dsn="http://public@127.0.0.1:9/1",
-        sentry_transport=transport, device="cpu", triton_timeout_s=60.0, speech_diffusion_steps=3,
+        voices_dir=tmp_path_factory.mktemp("voices"), sentry_dsn=bugsink_server.dsn,
+        device="cpu", triton_timeout_s=60.0, speech_diffusion_steps=3,
     )
-    with make_test_client(create_app(settings)) as client:
-        yield client
+    try:
+        with make_test_client(create_app(settings)) as client:
+            yield client
+    finally:
+        sentry_sdk.flush(timeout=5)
+        sentry_sdk.init()  # the next module's app starts from a client without a DSN
 
 
 @pytest.fixture()
-def events(transport):
-    transport.clear()
-    return transport
+def events(bugsink_server):
+    """The error-level events Bugsink stored for one response's request, once `count` have arrived."""
+    def of(response, count: int) -> list[dict]:
+        sentry_sdk.flush(timeout=5)
+        stored = bugsink_server.events(wait_for=count, timeout_s=20,
+                                       tags={"request_id": response.headers["X-Request-ID"]})
+        return [event for event in stored if event["level"] == "error"]
+
+    return of
 
 
 def _tts(client, audio: bytes, **fields):
     data = {"text": TEXT, **FAST, **fields}
     return client.post("/v1/tts", data=data, files={"speaker_audio": ("voice.wav", audio, "audio/wav")})
-
-
-def _error_events(transport) -> list[dict]:
-    return [event for event in transport.events if event.get("level") == "error"]
 
 
 def _inference_count(server, model: str) -> int:
@@ -152,7 +152,7 @@ def test_tts_returns_a_valid_wav_of_plausible_length(client, events):
     assets = client.app.state.service.assets
     longest = segments * (assets.default_max_codes * 1.72 * 256 / 22050 + 0.2)
     assert 0.0 < seconds <= longest
-    assert _error_events(events) == []
+    assert events(response, 0) == []
 
 
 def test_streaming_chunks_concatenate_to_the_same_wav(client):
@@ -218,7 +218,7 @@ def test_unloaded_model_is_503_and_one_event_tagged_with_its_stage(client, serve
     assert response.status_code == 503
     error = response.json()["error"]
     assert (error["type"], error["stage"]) == ("model_unavailable", "campplus")
-    (event,) = _error_events(events)
+    (event,) = events(response, 1)
     assert event["tags"]["stage"] == "campplus" and event["tags"]["model"] == "campplus"
     assert event["tags"]["model_version"] == "1"
     assert event["fingerprint"] == ["campplus", "model_unavailable"]
@@ -234,7 +234,7 @@ def test_model_refusing_its_tensors_is_502_and_one_event_tagged_with_its_stage(c
     error = response.json()["error"]
     assert (error["type"], error["stage"]) == ("model_error", "speaker_conditioner")
     assert "unexpected shape" in error["message"]
-    (event,) = _error_events(events)
+    (event,) = events(response, 1)
     assert event["tags"]["stage"] == "speaker_conditioner"
     assert event["fingerprint"] == ["speaker_conditioner", "model_error"]
 
@@ -245,5 +245,5 @@ def test_decoder_missing_is_503_tagged_gpt_decoder(client, server, events):
         response = _tts(client, speech_like_wav(6.0, seed=43))
     assert response.status_code == 503
     assert response.json()["error"]["stage"] == "gpt_decoder"
-    (event,) = _error_events(events)
+    (event,) = events(response, 1)
     assert event["tags"]["stage"] == "gpt_decoder"
