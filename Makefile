@@ -32,7 +32,7 @@ $(BUGSINK_VENV)/.installed: local_bugsink/requirements.txt local_bugsink/bootstr
 	$(BUGSINK_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BUGSINK_VENV)/bin/python -m pip install --quiet --no-deps -r local_bugsink/requirements.txt
 	$(BUGSINK_VENV)/bin/python -m pip check
-	$(BUGSINK_VENV)/bin/python -m local_bugsink --bugsink-python $(BUGSINK_VENV)/bin/python prepare
+	$(BUGSINK_VENV)/bin/python -m local_bugsink --bugsink-python $(abspath $(BUGSINK_VENV))/bin/python prepare
 	touch $@
 
 test: env bugsink-env

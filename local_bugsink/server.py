@@ -116,7 +116,9 @@ def find_bugsink_python(python: str | Path | None = None) -> Path:
         if not path.is_file() and importlib.util.find_spec("bugsink") is not None:
             return Path(sys.executable)
     if path.is_file() and os.access(path, os.X_OK):
-        return path
+        # Absolute (symlinks kept: a venv's python is a link whose location makes the venv): the
+        # interpreter is run from other working directories.
+        return path.absolute()
     raise BugsinkNotInstalledError(
         f"no Python environment with Bugsink was found (tried {source}: {path}). Create it with "
         f"`make bugsink-env` (a virtual environment at {DEFAULT_VENV} from local_bugsink/requirements.txt), "

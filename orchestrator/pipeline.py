@@ -118,6 +118,7 @@ class SynthesisOptions:
     top_p: float = 0.8
     repetition_penalty: float = 10.0
     max_codes: int | None = None  # None: min(1500, the GPT's limit)
+    min_codes: int = 0  # no stop code before this many codes
     seed: int | None = None
     diffusion_steps: int = 25
     cfg_rate: float = 0.7
@@ -414,6 +415,9 @@ class SynthesisPipeline:
             "max_codes": np.array([max_codes], dtype=np.int32),
             "stream_every": np.array([self.settings.gpt_stream_every], dtype=np.int32),
         }
+        if options.min_codes:
+            # Sent only when asked for, so a repository without this (optional) input still serves.
+            inputs["min_codes"] = np.array([options.min_codes], dtype=np.int32)
         if seed is not None:
             inputs["seed"] = np.array([seed], dtype=np.int64)
         return inputs
@@ -433,7 +437,9 @@ class SynthesisPipeline:
                 "gpt_decoder cancelled the sequence (shutting down?)", stage="gpt_decoder", model="gpt_decoder",
                 model_version=decoded.model_version,
             )
-        if decoded.finish_reason == "max_codes":
+        max_codes = options.max_codes or self.assets.default_max_codes
+        # With min_codes = max_codes the caller asked for exactly that many codes: nothing was cut.
+        if decoded.finish_reason == "max_codes" and options.min_codes < max_codes:
             self.reporter.warning(
                 "max_codes_reached", "gpt_decoder stopped at max_codes before the stop code: speech may be cut",
                 stage="gpt_decoder", model="gpt_decoder",

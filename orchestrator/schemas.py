@@ -88,6 +88,10 @@ class TtsForm(BaseModel):
     max_codes: int | None = Field(None, ge=1, le=10000,
                                   description="Most codes per segment (50 per second of speech); default "
                                               "min(1500, the GPT's limit), which also caps it.")
+    min_codes: int | None = Field(None, ge=0, le=10000,
+                                  description="Fewest codes per segment: the GPT may not stop before this many "
+                                              "(HF's min_new_tokens). At most max_codes; with min_codes = "
+                                              "max_codes every segment has exactly that many codes. Default 0.")
     seed: int | None = Field(None, ge=0, le=2**62,
                              description="Seed for sampling and diffusion noise (segment i uses seed + i); "
                                          "unset: random.")

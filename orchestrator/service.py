@@ -148,10 +148,15 @@ class TtsService:
         if form.max_codes is not None and form.max_codes > limit:
             raise InvalidRequestError(f"max_codes must be at most {limit} for this model, got {form.max_codes}",
                                       field="max_codes", limit=f"1 to {limit}")
+        max_codes = form.max_codes or self.assets.default_max_codes
+        if form.min_codes is not None and form.min_codes > max_codes:
+            raise InvalidRequestError(f"min_codes must be at most max_codes ({max_codes}), got {form.min_codes}",
+                                      field="min_codes", limit=f"0 to {max_codes}")
         return SynthesisOptions(
             emo_alpha=form.emo_alpha, emotion_weights=form.emotion_vector, duration_ratio=form.duration_ratio,
             do_sample=form.do_sample, temperature=form.temperature, top_k=form.top_k, top_p=form.top_p,
-            repetition_penalty=form.repetition_penalty, max_codes=form.max_codes, seed=form.seed,
+            repetition_penalty=form.repetition_penalty, max_codes=form.max_codes, min_codes=form.min_codes or 0,
+            seed=form.seed,
             diffusion_steps=form.diffusion_steps, cfg_rate=form.cfg_rate,
         )
 

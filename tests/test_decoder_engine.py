@@ -382,3 +382,53 @@ def test_the_start_code_is_never_emitted_even_where_the_network_prefers_it(demo_
         assert model.start_mel_token not in codes.tolist()
         alone = model.generate(request.speaker_latents, request.emotion_vector, request.text_ids, request.sampling)
         assert model.start_mel_token not in alone.codes.tolist()
+
+
+# --- min_codes (HF min_new_tokens) --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stop_loving_model(demo_checkpoint) -> UnifiedVoice:
+    # A GPT whose head all but always picks the stop code: without min_codes every sequence ends at once.
+    model = load_checkpoint_gpt(demo_checkpoint.model_dir)
+    with torch.no_grad():
+        model.mel_head.bias[model.stop_mel_token] = 1e4
+    return model
+
+
+def test_min_codes_bars_the_stop_code_so_engine_and_generate_give_exactly_n_codes(stop_loving_model):
+    model = stop_loving_model
+    n = 9
+    for request in demo_requests(model, max_codes=n)[:4]:
+        assert model.generate(request.speaker_latents, request.emotion_vector, request.text_ids,
+                              request.sampling).codes.numel() == 0
+    # min_codes = max_codes = n: exactly n codes, sampled or greedy, batched or alone.
+    requests = demo_requests(model, max_codes=n)
+    for request in requests:
+        request.sampling = SamplingConfig(**{**request.sampling.__dict__, "min_codes": n})
+    engine = DecoderEngine(model, max_slots=3)
+    handles = [engine.submit(request) for request in requests]
+    engine.run_until_idle()
+    for request, handle in zip(requests, handles):
+        result = handle.result(timeout=5)
+        alone = model.generate(request.speaker_latents, request.emotion_vector, request.text_ids, request.sampling)
+        assert result.stop_reason == StopReason.MAX_CODES and len(result.codes) == n
+        assert result.codes.tolist() == alone.codes.tolist()
+        assert model.stop_mel_token not in result.codes.tolist()
+
+
+def test_min_codes_below_max_codes_lets_the_stop_code_end_the_sequence_right_after(stop_loving_model):
+    model = stop_loving_model
+    request = demo_requests(model, max_codes=40)[0]
+    request.sampling = SamplingConfig(**{**request.sampling.__dict__, "min_codes": 5})
+    result = run_alone(model, request)
+    alone = model.generate(request.speaker_latents, request.emotion_vector, request.text_ids, request.sampling)
+    assert result.stop_reason == StopReason.STOP_CODE and len(result.codes) == 5
+    assert alone.stopped and alone.codes.tolist() == result.codes.tolist()
+
+
+def test_negative_min_codes_is_an_invalid_request(demo_model):
+    request = demo_requests(demo_model, max_codes=10)[0]
+    request.sampling = SamplingConfig(**{**request.sampling.__dict__, "min_codes": -1})
+    result = run_alone(demo_model, request)
+    assert result.stop_reason == StopReason.ERROR and "min_codes" in result.error

@@ -348,7 +348,9 @@ class DecoderEngine:
                 f"{prefix_len} prefix tokens + max_codes={max_codes} exceed the engine's "
                 f"max_seq_len={self.max_seq_len}"
             )
-        sampler = SequenceSampler(sampling, model.number_mel_codes, model.start_mel_token, self.device)
+        sampler = SequenceSampler(
+            sampling, model.number_mel_codes, model.start_mel_token, self.device, stop_code=model.stop_mel_token
+        )
         return Sequence(
             request=request,
             handle=handle,

@@ -14,6 +14,7 @@ from indextts2.networks.gpt import (
     SamplingConfig,
     apply_repetition_penalty,
     apply_sampling_warpers,
+    suppress_stop_code,
     without_start_code,
 )
 
@@ -33,6 +34,8 @@ def check_sampling_config(sampling: SamplingConfig) -> None:
         raise ValueError(f"repetition_penalty must be > 0, got {sampling.repetition_penalty}")
     if sampling.seed is not None and not isinstance(sampling.seed, int):
         raise ValueError(f"seed must be an int or None, got {sampling.seed!r}")
+    if not isinstance(sampling.min_codes, int) or sampling.min_codes < 0:
+        raise ValueError(f"min_codes must be an int >= 0, got {sampling.min_codes!r}")
 
 
 class SequenceSampler:
@@ -40,11 +43,19 @@ class SequenceSampler:
 
     `seed=None` draws the sequence's seed from the global torch RNG when the sampler is made (at
     submission): reproducible under `torch.manual_seed`, whichever thread later decodes it.
+    `stop_code` is needed for `config.min_codes` (the stop code is barred until that many codes exist).
     """
 
-    def __init__(self, config: SamplingConfig, vocab_size: int, start_code: int, device: torch.device):
+    def __init__(
+        self, config: SamplingConfig, vocab_size: int, start_code: int, device: torch.device,
+        stop_code: int | None = None,
+    ):
+        if config.min_codes > 0 and stop_code is None:
+            raise ValueError("min_codes needs the sampler to know the stop code")
         self.config = config
         self.start_code = start_code
+        self.stop_code = stop_code
+        self.num_codes = 0  # codes kept so far (the stop code is never kept)
         self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
         if config.penalize_prompt_ids:
             self.seen[[_OFFICIAL_DUMMY_PROMPT_ID, start_code]] = True
@@ -53,6 +64,12 @@ class SequenceSampler:
 
     def observe(self, code: int) -> None:
         self.seen[code] = True
+        self.num_codes += 1
+
+    @property
+    def too_short(self) -> bool:
+        """True while the stop code is barred (fewer than `min_codes` codes so far)."""
+        return self.num_codes < self.config.min_codes
 
 
 def sample_next_codes(logits: torch.Tensor, samplers: list[SequenceSampler]) -> torch.Tensor:
@@ -62,6 +79,10 @@ def sample_next_codes(logits: torch.Tensor, samplers: list[SequenceSampler]) -> 
     penalty = torch.tensor([s.config.repetition_penalty for s in samplers], device=device)
     scores = without_start_code(scores, samplers[0].start_code)
     scores = apply_repetition_penalty(scores, torch.stack([s.seen for s in samplers]), penalty)
+    too_short = [s.too_short for s in samplers]
+    if any(too_short):
+        stop_code = next(s.stop_code for s in samplers if s.too_short)
+        scores = suppress_stop_code(scores, stop_code, torch.tensor(too_short, device=device))
     chosen = scores.argmax(dim=-1)
 
     sampling_rows = [i for i, s in enumerate(samplers) if s.config.do_sample]

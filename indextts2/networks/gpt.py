@@ -198,6 +198,9 @@ class SamplingConfig:
     (`start_mel_token`) as its input_ids, so HF's repetition penalty also treats code 1 and the start
     code as already generated. True reproduces that (and the official outputs); False penalises only
     the codes this sequence generated.
+    `min_codes`: HF's `min_new_tokens`: the stop code cannot be chosen before this many codes exist.
+    With `max_codes` equal to it, a sequence has exactly that many codes (what benchmarks on random
+    weights need to compare like with like).
     """
 
     do_sample: bool = False
@@ -206,6 +209,7 @@ class SamplingConfig:
     top_p: float = 1.0  # 1.0: off
     repetition_penalty: float = 1.0
     max_codes: int | None = None  # None: max_mel_tokens - 1, the official default (infer_v2 passes 1500)
+    min_codes: int = 0  # 0: the stop code may come first
     seed: int | None = None  # None: the global torch RNG (as the official code)
     penalize_prompt_ids: bool = True
 
@@ -228,6 +232,14 @@ def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: 
     penalty = penalty[:, None].to(scores.dtype)
     penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
     return torch.where(seen, penalized, scores)
+
+
+def suppress_stop_code(scores: torch.Tensor, stop_code: int, too_short: torch.Tensor) -> torch.Tensor:
+    """HF's min_new_tokens processor: the stop code gets -inf in the rows still short of their
+    `min_codes`. scores (B, V); too_short (B,) bool."""
+    column = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+    column[stop_code] = True
+    return scores.masked_fill(too_short[:, None].to(scores.device) & column, float("-inf"))
 
 
 def apply_sampling_warpers(
@@ -547,6 +559,8 @@ class UnifiedVoice(nn.Module):
         max_codes = self.max_mel_tokens - 1 if sampling.max_codes is None else sampling.max_codes
         if max_codes < 1:
             raise ValueError(f"max_codes must be at least 1, got {max_codes}")
+        if sampling.min_codes < 0:
+            raise ValueError(f"min_codes must be >= 0, got {sampling.min_codes}")
         last_position = self.mel_position(max_codes - 1, official_positions)
         if last_position >= self.mel_pos_embedding.emb.num_embeddings:
             raise ValueError(
@@ -601,6 +615,8 @@ class UnifiedVoice(nn.Module):
             latent = hidden[:, -1]
             logits = self.mel_head(latent)
             scores = apply_repetition_penalty(without_start_code(logits, self.start_mel_token), seen, penalty)
+            if len(codes) < sampling.min_codes:
+                scores = suppress_stop_code(scores, self.stop_mel_token, torch.ones(1, dtype=torch.bool))
             if sampling.do_sample:
                 scores = apply_sampling_warpers(scores, temperature, top_k, top_p)
             code = int(choose_next_codes(scores, do_sample, generator)[0])

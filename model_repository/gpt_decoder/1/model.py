@@ -98,6 +98,7 @@ class TritonPythonModel:
             value = optional(name)
             sampling[name] = type(default)(default if value is None else value)
         max_codes = optional("max_codes")
+        min_codes = optional("min_codes")
         seed = optional("seed")
         stream_every = optional("stream_every")
         return DecodeRequest(
@@ -107,6 +108,7 @@ class TritonPythonModel:
             sampling=SamplingConfig(
                 **sampling,
                 max_codes=self.default_max_codes if max_codes is None else int(max_codes),
+                min_codes=0 if min_codes is None else int(min_codes),
                 seed=None if seed is None else int(seed),
             ),
             # Client request ids need not be unique across clients: the engine gets its own.
