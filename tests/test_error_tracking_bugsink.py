@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from contextlib import contextmanager
 
 import pytest
 import sentry_sdk
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
+
+from triton_models import model_reconfigured, model_unloaded
 
 from local_bugsink import BugsinkServer
 from orchestrator.app import create_app
@@ -52,26 +53,9 @@ def _events_of(bugsink_server, response, count: int) -> list[dict]:
     return bugsink_server.events(wait_for=count, timeout_s=20, tags={"request_id": response.headers["X-Request-ID"]})
 
 
-@contextmanager
-def _reconfigured(triton_server, model: str, change):
-    triton = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    original = triton.get_model_config(model, as_json=True)["config"]
-    changed = json.loads(json.dumps(original))
-    change(changed)
-    triton.load_model(model, config=json.dumps(changed))
-    try:
-        yield
-    finally:
-        triton.load_model(model, config=json.dumps(original))
-
-
 def test_unloaded_model_is_one_error_event_tagged_with_its_stage(client, triton_server, bugsink_server):
-    triton = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    triton.unload_model("vocoder")
-    try:
+    with model_unloaded(triton_server, "vocoder"):
         response = _tts(client, audio_seed=11)
-    finally:
-        triton.load_model("vocoder")
     assert response.status_code == 503
     (event,) = _events_of(bugsink_server, response, 1)
     assert event["level"] == "error"
@@ -82,7 +66,7 @@ def test_model_refusing_a_tensor_is_one_error_event_tagged_with_its_stage(client
     def expect_another_width(config: dict) -> None:
         config["input"][0]["dims"] = ["-1", "7"]  # semantic_features (T, 7): the demo's are (T, 64)
 
-    with _reconfigured(triton_server, "emotion_conditioner", expect_another_width):
+    with model_reconfigured(triton_server, "emotion_conditioner", expect_another_width):
         response = _tts(client, audio_seed=12)
     assert response.status_code == 502
     (event,) = _events_of(bugsink_server, response, 1)
@@ -96,13 +80,9 @@ def test_exception_inside_a_python_model_is_reported_by_the_model_on_the_request
     def use_served_estimator(config: dict) -> None:
         config["parameters"]["estimator"]["string_value"] = "triton"
 
-    triton = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    with _reconfigured(triton_server, "s2mel", use_served_estimator):
-        triton.unload_model("s2mel_estimator")
-        try:
-            response = _tts(client, audio_seed=13)
-        finally:
-            triton.load_model("s2mel_estimator")
+    with model_reconfigured(triton_server, "s2mel", use_served_estimator), \
+            model_unloaded(triton_server, "s2mel_estimator"):
+        response = _tts(client, audio_seed=13)
     assert response.status_code == 502
     assert response.json()["error"]["stage"] == "s2mel"
     (service_event,) = _events_of(bugsink_server, response, 1)

@@ -7,7 +7,6 @@ real Bugsink server live elsewhere)."""
 from __future__ import annotations
 
 import io
-import json
 import struct
 import threading
 import time
@@ -20,6 +19,7 @@ import sentry_sdk
 import soundfile
 import tritonclient.grpc as grpcclient
 import uvicorn
+from triton_models import model_reconfigured, model_unloaded
 
 from local_triton import find_free_port
 from orchestrator.app import create_app
@@ -76,20 +76,6 @@ def _inference_count(server, model: str) -> int:
 
 
 @contextmanager
-def _model_config_changed(server, model: str, change):
-    """Reload `model` with a changed config (explicit model control), then put the original back."""
-    triton = grpcclient.InferenceServerClient(server.grpc_url)
-    original = triton.get_model_config(model, as_json=True)["config"]
-    changed = json.loads(json.dumps(original))
-    change(changed)
-    triton.load_model(model, config=json.dumps(changed))
-    try:
-        yield
-    finally:
-        triton.load_model(model, config=json.dumps(original))
-
-
-@contextmanager
 def _uvicorn(app):
     """The app behind a real uvicorn server on a free port, in a thread."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=find_free_port(), log_level="warning"))
@@ -106,16 +92,6 @@ def _uvicorn(app):
         thread.join(timeout=10)
 
 
-@contextmanager
-def _model_unloaded(server, model: str):
-    triton = grpcclient.InferenceServerClient(server.grpc_url)
-    triton.unload_model(model)
-    try:
-        yield
-    finally:
-        triton.load_model(model)
-
-
 # --- readiness ---------------------------------------------------------------------------------------
 
 
@@ -130,7 +106,7 @@ def test_readyz_reports_every_model_of_the_pipeline(client):
 
 
 def test_readyz_names_an_unloaded_model(client, server):
-    with _model_unloaded(server, "vocoder"):
+    with model_unloaded(server, "vocoder"):
         response = client.get("/readyz")
     assert response.status_code == 503
     assert "vocoder" in response.json()["not_ready"]
@@ -213,7 +189,7 @@ def test_a_voice_is_stored_once_and_its_conditioning_reused(client, server):
 
 
 def test_unloaded_model_is_503_and_one_event_tagged_with_its_stage(client, server, events):
-    with _model_unloaded(server, "campplus"):
+    with model_unloaded(server, "campplus"):
         response = _tts(client, speech_like_wav(6.0, seed=41))
     assert response.status_code == 503
     error = response.json()["error"]
@@ -228,7 +204,7 @@ def test_model_refusing_its_tensors_is_502_and_one_event_tagged_with_its_stage(c
     def expect_another_width(config: dict) -> None:
         config["input"][0]["dims"] = ["-1", "7"]  # semantic_features (T, 7): ours are (T, 64)
 
-    with _model_config_changed(server, "speaker_conditioner", expect_another_width):
+    with model_reconfigured(server, "speaker_conditioner", expect_another_width):
         response = _tts(client, speech_like_wav(6.0, seed=42))
     assert response.status_code == 502
     error = response.json()["error"]
@@ -241,7 +217,7 @@ def test_model_refusing_its_tensors_is_502_and_one_event_tagged_with_its_stage(c
 
 def test_decoder_missing_is_503_tagged_gpt_decoder(client, server, events):
     """With gpt_decoder unloaded a request fails at that stage, once."""
-    with _model_unloaded(server, "gpt_decoder"):
+    with model_unloaded(server, "gpt_decoder"):
         response = _tts(client, speech_like_wav(6.0, seed=43))
     assert response.status_code == 503
     assert response.json()["error"]["stage"] == "gpt_decoder"
