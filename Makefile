@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine: `make test` (the whole suite) and `make serve` (the service on
-# the embedded demo preset). Both build the virtual environment from pyproject.toml first.
+# the embedded demo preset). Both build the virtual environment from pyproject.toml first. `make bench`
+# measures the served stack against the eager baseline (benchmarks/run_benchmarks.py).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 SYSTEM_PYTHON ?= python3
@@ -7,7 +8,7 @@ BUGSINK_VENV ?= .venv-bugsink
 # How local_bugsink (tests, `make serve`) finds that environment wherever BUGSINK_VENV puts it.
 export BUGSINK_PYTHON ?= $(abspath $(BUGSINK_VENV))/bin/python
 
-.PHONY: test serve env bugsink-env lint clean
+.PHONY: test serve bench env bench-env bugsink-env lint clean
 
 env: $(VENV)/.installed
 
@@ -42,6 +43,18 @@ test: env bugsink-env
 # the local tritonserver on it and serves the API on 127.0.0.1:8000 (HOST/PORT, SENTRY_DSN, ... apply).
 serve: env bugsink-env
 	$(PYTHON) -m orchestrator.demo
+
+# The served stack (tritonserver + orchestrator) against the eager one-request-at-a-time baseline, on the
+# demo and small presets at concurrency 1, 4, 16 (~15 min on 2 CPU cores); results in benchmarks/results/.
+# BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--presets demo --concurrency 1 8".
+bench: bench-env
+	$(PYTHON) -m benchmarks.run_benchmarks $(BENCH_ARGS)
+
+bench-env: $(VENV)/.bench-installed
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PYTHON) -m pip install --quiet -e ".[test,bench]"
+	touch $@
 
 lint: env
 	$(VENV)/bin/ruff check .

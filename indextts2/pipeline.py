@@ -8,7 +8,9 @@ decoding pass itself (our GPT decodes at the trained positions, so the two are e
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +37,11 @@ SEGMENT_SILENCE_MS = 200  # infer_v2's interval_silence between text segments
 OFFICIAL_SAMPLING = SamplingConfig(
     do_sample=True, temperature=0.8, top_k=30, top_p=0.8, repetition_penalty=10.0, max_codes=1500
 )
+
+
+def segment_silence() -> np.ndarray:
+    """The silence put between two spoken segments."""
+    return np.zeros(int(OUTPUT_SAMPLE_RATE * SEGMENT_SILENCE_MS / 1000), dtype=np.float32)
 
 
 def target_mel_frames(num_codes: int, duration_ratio: float = 1.0) -> int:
@@ -184,7 +191,7 @@ class EagerPipeline:
         waveform = nets.bigvgan(mel)[0, 0]
         return waveform.float().cpu().numpy(), codes, mel_frames
 
-    def synthesize(
+    def synthesize_segments(
         self,
         text: str,
         speaker_samples: np.ndarray,
@@ -199,8 +206,10 @@ class EagerPipeline:
         max_text_tokens_per_segment: int = 120,
         official_second_pass: bool = False,
         seed: int | None = None,
-    ) -> SynthesisResult:
-        """Text + reference audio -> 22.05 kHz waveform, segments joined with 200 ms of silence."""
+        cfg_rate: float = 0.7,
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor, int]]:
+        """`synthesize` one segment at a time, as infer_v2's `stream_return` does: yields (waveform,
+        codes, mel frames) per text segment, in order, without the silences between them."""
         speaker = self.speaker_prompt(speaker_samples, speaker_sample_rate)
         emotion = None
         if emotion_samples is not None:
@@ -208,20 +217,25 @@ class EagerPipeline:
         emovec = self.emotion_vector(speaker, emotion, emo_alpha, emo_weights)
         segments = self.networks.text_frontend.split_segments(text, max_text_tokens_per_segment)
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        silence = np.zeros(int(OUTPUT_SAMPLE_RATE * SEGMENT_SILENCE_MS / 1000), dtype=np.float32)
-        result = SynthesisResult(waveform=np.zeros(0, dtype=np.float32))
-        pieces: list[np.ndarray] = []
         for index, text_ids in enumerate(segments):
             segment_sampling = sampling
             if seed is not None:
                 segment_sampling = SamplingConfig(**{**sampling.__dict__, "seed": seed + index})
-            waveform, codes, frames = self.synthesize_segment(
-                speaker, emovec, text_ids, segment_sampling, duration_ratio, diffusion_steps,
+            yield self.synthesize_segment(
+                speaker, emovec, text_ids, segment_sampling, duration_ratio, diffusion_steps, cfg_rate,
                 official_second_pass=official_second_pass, generator=generator,
             )
+
+    def synthesize(self, text: str, speaker_samples: np.ndarray, speaker_sample_rate: int,
+                   **options: Any) -> SynthesisResult:
+        """Text + reference audio -> 22.05 kHz waveform, segments joined with 200 ms of silence.
+        `options` are those of `synthesize_segments`."""
+        result = SynthesisResult(waveform=np.zeros(0, dtype=np.float32))
+        pieces: list[np.ndarray] = []
+        for waveform, codes, frames in self.synthesize_segments(text, speaker_samples, speaker_sample_rate, **options):
             if waveform.size:
                 if pieces:
-                    pieces.append(silence)
+                    pieces.append(segment_silence())
                 pieces.append(waveform)
             result.codes.append(codes)
             result.mel_frames.append(frames)

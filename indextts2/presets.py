@@ -2,6 +2,8 @@
 
 - `demo`: tiny (~17 MB, written in seconds on a CPU). The tests and the default service run on it, so
   nothing is downloaded. Its speech is noise-like: the networks are random.
+- `small`: between the two (a 384-wide, 6-layer GPT; a 192-wide DiT), for CPU benchmarks whose
+  requests take seconds rather than milliseconds (`benchmarks/run_benchmarks.py`).
 - `official`: the released IndexTTS-2 dimensions, for measuring sizes, export times, memory and speed
   without the real weights.
 
@@ -148,6 +150,39 @@ DEMO_CAMPPLUS_CONFIG: dict[str, Any] = {
 DEMO_W2V_BERT: dict[str, Any] = {"hidden_size": SEMANTIC_DIM, "num_layers": 17}
 
 # ---------------------------------------------------------------------------------------------------
+# small
+# ---------------------------------------------------------------------------------------------------
+
+# Between demo and official, for benchmarks on a CPU: every network has real work to do (a 384-wide,
+# 6-layer GPT over the official 8194 codes, a 192-wide DiT, a BigVGAN with 256 initial channels), and
+# one request of ~1 s of speech still runs in a few seconds on two cores. Same structure as the demo.
+SMALL_SEMANTIC_DIM = 256
+SMALL_CONFIG: dict[str, Any] = copy.deepcopy(DEMO_CONFIG)
+SMALL_CONFIG["gpt"].update({
+    "model_dim": 384, "layers": 6, "heads": 6, "max_mel_tokens": 1000, "number_text_tokens": 2048,
+    "number_mel_codes": 8194, "start_mel_token": 8192, "stop_mel_token": 8193,
+    "condition_module": {"output_size": 128, "linear_units": 256, "attention_heads": 2, "num_blocks": 2,
+                         "input_layer": "conv2d2", "perceiver_mult": 2},
+    "emo_condition_module": {"output_size": 128, "linear_units": 256, "attention_heads": 2, "num_blocks": 1,
+                             "input_layer": "conv2d2", "perceiver_mult": 0.125},
+})
+SMALL_CONFIG["semantic_codec"].update({"codebook_size": 8192, "hidden_size": SMALL_SEMANTIC_DIM, "vocos_dim": 128,
+                                       "vocos_intermediate_dim": 256, "vocos_num_layers": 2})
+SMALL_CONFIG["s2mel"]["length_regulator"].update({"channels": 192, "in_channels": SMALL_SEMANTIC_DIM})
+SMALL_CONFIG["s2mel"]["DiT"].update({"hidden_dim": 192, "num_heads": 4, "depth": 4, "content_dim": 192})
+SMALL_CONFIG["s2mel"]["wavenet"].update({"hidden_dim": 192, "num_layers": 4})
+
+SMALL_BIGVGAN_CONFIG: dict[str, Any] = {
+    **DEMO_BIGVGAN_CONFIG,
+    "upsample_initial_channel": 256,
+    "resblock_kernel_sizes": [3, 7],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
+}
+SMALL_CAMPPLUS_CONFIG: dict[str, Any] = {**DEMO_CAMPPLUS_CONFIG, "growth_rate": 16, "init_channels": 64,
+                                         "block_layers": (4, 8, 6), "m_channels": 16}
+SMALL_W2V_BERT: dict[str, Any] = {"hidden_size": SMALL_SEMANTIC_DIM, "num_layers": 17, "num_attention_heads": 4}
+
+# ---------------------------------------------------------------------------------------------------
 # official
 # ---------------------------------------------------------------------------------------------------
 
@@ -268,6 +303,8 @@ class RandomCheckpointPreset:
 PRESETS: dict[str, RandomCheckpointPreset] = {
     "demo": RandomCheckpointPreset("demo", DEMO_CONFIG, DEMO_BIGVGAN_CONFIG, DEMO_CAMPPLUS_CONFIG, DEMO_W2V_BERT,
                                    TEXT_VOCAB),
+    "small": RandomCheckpointPreset("small", SMALL_CONFIG, SMALL_BIGVGAN_CONFIG, SMALL_CAMPPLUS_CONFIG, SMALL_W2V_BERT,
+                                    BPE_VOCAB),
     "official": RandomCheckpointPreset("official", OFFICIAL_CONFIG, OFFICIAL_BIGVGAN_CONFIG, OFFICIAL_CAMPPLUS,
                                        OFFICIAL_W2V_BERT, BPE_VOCAB),
 }

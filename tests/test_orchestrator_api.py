@@ -422,3 +422,20 @@ def test_a_near_zero_emotion_embedding_is_a_warning_from_the_emotion_encoder(cli
     assert event["tags"]["module"] == "emotion_encoder" and event["tags"]["stage"] == "emotion_conditioner"
     assert event["fingerprint"] == ["emotion_conditioner", "degenerate_emotion_embedding"]
     assert pipeline._check_emotion_embedding(np.full(64, 0.1, dtype=np.float32), "speaker reference") == []
+
+
+def test_min_codes_above_max_codes_or_negative_is_422(client, transport, voice_wav):
+    response = _tts(client, voice_wav, max_codes=20, min_codes=21)
+    assert response.status_code == 422
+    assert _error(response) | {"request_id": None} == {
+        "type": "invalid_request", "message": "min_codes must be at most max_codes (20), got 21",
+        "field": "min_codes", "limit": "0 to 20", "stage": None, "request_id": None,
+    }
+    response = _tts(client, voice_wav, min_codes=-1)
+    assert response.status_code == 422 and _error(response)["field"] == "min_codes"
+    assert transport.events == []
+
+
+def test_openapi_documents_min_codes(client):
+    form = client.get("/openapi.json").json()["components"]["schemas"]["TtsForm"]["properties"]
+    assert "min_new_tokens" in form["min_codes"]["description"] and form["min_codes"]["anyOf"][0]["minimum"] == 0

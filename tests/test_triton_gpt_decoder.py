@@ -41,7 +41,8 @@ def _inputs(latents, emovec, text_ids, **scalars):
     arrays = {"speaker_latents": latents.numpy(), "emotion_vector": emovec.numpy(),
               "text_ids": np.asarray(text_ids, dtype=np.int64)}
     dtypes = {"do_sample": np.bool_, "temperature": np.float32, "top_k": np.int32, "top_p": np.float32,
-              "repetition_penalty": np.float32, "max_codes": np.int32, "seed": np.int64, "stream_every": np.int32}
+              "repetition_penalty": np.float32, "max_codes": np.int32, "min_codes": np.int32, "seed": np.int64,
+              "stream_every": np.int32}
     arrays.update({name: np.array([value], dtype=dtypes[name]) for name, value in scalars.items()})
     tensors = []
     for name, array in arrays.items():
@@ -174,3 +175,18 @@ def test_cancelled_stream_frees_its_slot(decoder_server, conditioning):
     except queue.Empty:
         pytest.fail("the cancelled request still holds the decoder's only slot")
     assert error is None and reason == "max_codes"
+
+
+def test_min_codes_input_gives_exactly_that_many_codes(decoder_server, conditioning):
+    networks, latents, emovec = conditioning
+    text_ids = [5, 17, 33]
+    n = 120  # long enough that the random demo GPT would usually have drawn its stop code by then
+    codes, code_latents, reason, error, _ = _stream(
+        decoder_server.grpc_url, "gpt_decoder", _inputs(latents, emovec, text_ids, seed=11, max_codes=n, min_codes=n),
+    )
+    assert error is None
+    assert reason == "max_codes" and len(codes) == n and code_latents.shape[0] == n
+    expected = _alone(networks, latents, emovec, text_ids, SamplingConfig(
+        do_sample=True, temperature=0.8, top_k=30, top_p=0.8, repetition_penalty=10.0, max_codes=n, min_codes=n,
+        seed=11))
+    assert codes.tolist() == expected.codes.tolist()

@@ -1,0 +1,218 @@
+"""The eager baseline behind the orchestrator's HTTP API: the same networks and weights, run the way the
+official `infer_v2` runs them.
+
+    .venv/bin/python -m benchmarks.eager_server --checkpoint build/bench/demo/checkpoint --port 8100
+
+- One request at a time: a lock around the whole synthesis (the official `IndexTTS2` object keeps its
+  prompt caches as instance state, and its web UI queues requests and runs them one by one).
+- Every stage in sequence, in PyTorch, in this process (`indextts2.pipeline.EagerPipeline`): features,
+  w2v-BERT, codec, CAMPPlus, conditioners, then per text segment the GPT (plain KV-cached loop, batch 1,
+  no cross-request batching), the official second teacher-forced GPT pass for the s2mel latents,
+  s2mel (flow matching with CFG) and BigVGAN.
+- No conditioning cache across requests (the official one keeps only the last prompt; the benchmark
+  sends a new voice with every request anyway).
+
+`POST /v1/tts` takes the multipart form of the orchestrator's route (`orchestrator.schemas.TtsForm`, same
+fields, limits and defaults) and answers the same way: a 22.05 kHz 16-bit mono WAV, or with
+`stream=true` a streaming WAV header then PCM per finished segment (infer_v2's `stream_return`), with the
+same `{"error": {...}}` bodies for refused requests. Registered voices (`voice`, `emotion_voice`) are
+not part of the baseline: 422.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import uvicorn
+from fastapi import FastAPI, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from indextts2.checkpoint_dir import CheckpointPaths, load_networks
+from indextts2.frontend.audio import AudioDecodeError, decode_audio
+from indextts2.frontend.text import TextError
+from indextts2.networks.gpt import SamplingConfig
+from indextts2.pipeline import OFFICIAL_SAMPLING, OUTPUT_SAMPLE_RATE, EagerPipeline, segment_silence
+from orchestrator.assets import OFFICIAL_MAX_CODES
+from orchestrator.pipeline import MIN_REFERENCE_SECONDS
+from orchestrator.schemas import ErrorBody, ErrorResponse, TtsForm
+from orchestrator.settings import Settings
+from orchestrator.wav import pcm16, wav_bytes, wav_header
+
+
+class RefusedRequest(Exception):
+    """A request the baseline does not serve: the status code and the orchestrator's error body."""
+
+    def __init__(self, status: int, error_type: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error_type, self.message, self.field = status, error_type, message, field
+
+
+def _error(status: int, error_type: str, message: str, field: str | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(type=error_type, message=message, field=field))
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+class EagerService:
+    def __init__(self, checkpoint_dir: Path, official_second_pass: bool = True, device: str = "cpu",
+                 settings: Settings | None = None) -> None:
+        networks = load_networks(CheckpointPaths.from_model_dir(checkpoint_dir))
+        for network in (networks.semantic_encoder, networks.semantic_codec, networks.campplus, networks.gpt,
+                        networks.s2mel, networks.bigvgan):
+            network.to(device)
+        self.pipeline = EagerPipeline(networks, device)
+        self.official_second_pass = official_second_pass
+        # The orchestrator's limits, so both services refuse the same requests.
+        self.settings = settings or Settings()
+        self.max_codes_limit = int(networks.config["gpt"]["max_mel_tokens"]) - 1
+        self.max_text_tokens = min(self.settings.max_text_tokens_per_segment,
+                                   int(networks.config["gpt"]["max_text_tokens"]))
+        self.lock = asyncio.Lock()  # one request at a time, from its first stage to its last byte
+
+    async def reference(self, upload: UploadFile | None, field: str) -> tuple[np.ndarray, int] | None:
+        if upload is None:
+            return None
+        data = await upload.read(self.settings.max_upload_bytes + 1)
+        if len(data) > self.settings.max_upload_bytes:
+            raise RefusedRequest(413, "payload_too_large", f"{field} is over {self.settings.max_upload_bytes} bytes",
+                                 field)
+        try:
+            samples, sample_rate = decode_audio(data)
+        except AudioDecodeError:
+            raise RefusedRequest(422, "invalid_request", f"{field} is not audio this service can decode",
+                                 field) from None
+        if samples.shape[0] / sample_rate < MIN_REFERENCE_SECONDS:
+            raise RefusedRequest(422, "invalid_request", f"{field} is shorter than {MIN_REFERENCE_SECONDS} s", field)
+        return samples, sample_rate
+
+    def options(self, form: TtsForm) -> dict:
+        """The form -> `EagerPipeline.synthesize_segments` keyword arguments (the orchestrator's checks)."""
+        if form.voice or form.emotion_voice:
+            raise RefusedRequest(422, "invalid_request", "the eager baseline has no registered voices",
+                                 "voice" if form.voice else "emotion_voice")
+        if form.speaker_audio is None:
+            raise RefusedRequest(422, "invalid_request", "speaker_audio is required", "speaker_audio")
+        if not form.text.strip() or len(form.text) > self.settings.max_text_chars:
+            raise RefusedRequest(422, "invalid_request", f"text must be 1 to {self.settings.max_text_chars} "
+                                 "characters", "text")
+        if form.max_codes is not None and form.max_codes > self.max_codes_limit:
+            raise RefusedRequest(422, "invalid_request", f"max_codes must be at most {self.max_codes_limit}",
+                                 "max_codes")
+        max_codes = form.max_codes or min(OFFICIAL_MAX_CODES, self.max_codes_limit)
+        if form.min_codes is not None and form.min_codes > max_codes:
+            raise RefusedRequest(422, "invalid_request", f"min_codes must be at most max_codes ({max_codes})",
+                                 "min_codes")
+        sampling = SamplingConfig(**{
+            **OFFICIAL_SAMPLING.__dict__, "do_sample": form.do_sample, "temperature": form.temperature,
+            "top_k": form.top_k, "top_p": form.top_p, "repetition_penalty": form.repetition_penalty,
+            "max_codes": max_codes, "min_codes": form.min_codes or 0,
+        })
+        return {
+            "emo_alpha": form.emo_alpha, "duration_ratio": form.duration_ratio, "sampling": sampling,
+            "emo_weights": list(form.emotion_vector) if form.emotion_vector is not None else None,
+            "diffusion_steps": form.diffusion_steps, "max_text_tokens_per_segment": self.max_text_tokens,
+            "official_second_pass": self.official_second_pass, "seed": form.seed, "cfg_rate": form.cfg_rate,
+        }
+
+    async def pieces(self, form: TtsForm) -> AsyncIterator[np.ndarray]:
+        """Waveform pieces in order (segments, 200 ms of silence between them), under the lock."""
+        options = self.options(form)
+        speaker = await self.reference(form.speaker_audio, "speaker_audio")
+        emotion = await self.reference(form.emotion_audio, "emotion_audio")
+        async with self.lock:
+            segments = self.pipeline.synthesize_segments(
+                form.text, *speaker, *(emotion or (None, None)), **options
+            )
+            spoken = False
+            while True:
+                try:
+                    # The networks run off the event loop, so /healthz answers while a request runs.
+                    piece = await asyncio.to_thread(next, segments, None)
+                except TextError:
+                    raise RefusedRequest(422, "invalid_request", "text has nothing to speak after normalisation",
+                                         "text") from None
+                if piece is None:
+                    return
+                waveform = piece[0]
+                if waveform.size == 0:
+                    continue
+                if spoken:
+                    yield segment_silence()
+                spoken = True
+                yield waveform
+
+
+def create_eager_app(service: EagerService) -> FastAPI:
+    app = FastAPI(title="IndexTTS-2 eager baseline", description=__doc__.split("\n\n")[0])
+    app.state.service = service
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = (exc.errors() or [{}])[0]
+        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        return _error(422, "invalid_request", str(first.get("msg", "invalid request")),
+                      location[0] if location else None)
+
+    @app.exception_handler(RefusedRequest)
+    async def refused(request: Request, exc: RefusedRequest) -> JSONResponse:
+        return _error(exc.status, exc.error_type, exc.message, exc.field)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/v1/tts", response_class=Response)
+    async def tts(form: Annotated[TtsForm, Form(media_type="multipart/form-data")]) -> Response:
+        headers = {"X-Sample-Rate": str(OUTPUT_SAMPLE_RATE)}
+        pieces = service.pieces(form)
+        # Up to the first piece before answering, so that a refused request still gets its status code.
+        first = await anext(pieces, None)
+        if not form.stream:
+            collected = [piece async for piece in pieces]
+            waveform = np.concatenate([first, *collected]) if first is not None else np.zeros(0, np.float32)
+            headers["X-Audio-Seconds"] = f"{waveform.shape[0] / OUTPUT_SAMPLE_RATE:.3f}"
+            return Response(wav_bytes(waveform, OUTPUT_SAMPLE_RATE), media_type="audio/wav", headers=headers)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield wav_header(OUTPUT_SAMPLE_RATE)
+            try:
+                if first is not None:
+                    yield pcm16(first)
+                async for piece in pieces:
+                    yield pcm16(piece)
+            finally:
+                await pieces.aclose()
+
+        return StreamingResponse(chunks(), media_type="audio/wav", headers=headers)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.eager_server", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="an IndexTTS-2 checkpoint directory")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--no-second-pass", action="store_true",
+                        help="take the latents from the decoding pass instead of the official second GPT pass")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    service = EagerService(args.checkpoint, official_second_pass=not args.no_second_pass, device=args.device)
+    uvicorn.run(create_eager_app(service), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
