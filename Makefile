@@ -8,7 +8,7 @@ BUGSINK_VENV ?= .venv-bugsink
 # How local_bugsink (tests, `make serve`) finds that environment wherever BUGSINK_VENV puts it.
 export BUGSINK_PYTHON ?= $(abspath $(BUGSINK_VENV))/bin/python
 
-.PHONY: test serve bench env bench-env bugsink-env lint clean
+.PHONY: test serve bench env bugsink-env lint clean
 
 env: $(VENV)/.installed
 
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet torch==2.13.0
-	$(PYTHON) -m pip install --quiet -e ".[test]"
+	$(PYTHON) -m pip install --quiet -e ".[test,bench]"  # the suite runs a benchmark smoke test
 	touch $@
 
 # Bugsink, the Sentry-protocol server that tests (and `make serve` without SENTRY_DSN) report to, has an
@@ -47,14 +47,8 @@ serve: env bugsink-env
 # The served stack (tritonserver + orchestrator) against the eager one-request-at-a-time baseline, on the
 # demo and small presets at concurrency 1, 4, 16 (~15 min on 2 CPU cores); results in benchmarks/results/.
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--presets demo --concurrency 1 8".
-bench: bench-env
+bench: env bugsink-env
 	$(PYTHON) -m benchmarks.run_benchmarks $(BENCH_ARGS)
-
-bench-env: $(VENV)/.bench-installed
-
-$(VENV)/.bench-installed: $(VENV)/.installed
-	$(PYTHON) -m pip install --quiet -e ".[test,bench]"
-	touch $@
 
 lint: env
 	$(VENV)/bin/ruff check .
