@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         print("try:\n"
               f"  curl -sS -o hello.wav -F text='Hello from IndexTTS-2 on Triton.' -F speaker_audio=@{speaker} "
               f"{base}/v1/tts", flush=True)
+        # uvicorn re-raises SIGTERM once it has shut down; turn it into SystemExit so the servers
+        # started above are stopped by the `finally` below, as they are on Ctrl-C.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:
         server.stop()
