@@ -19,7 +19,6 @@ import torch
 from export.onnx_export import StageReport, export_stage
 from export.stages import build_onnx_stages
 from indextts2.checkpoint_dir import (
-    DEFAULT_BIGVGAN_DIR,
     DEFAULT_SEMANTIC_CODEC,
     CheckpointPaths,
     load_networks,
@@ -65,11 +64,6 @@ def _copy_python_model_weights(paths: CheckpointPaths, config: dict, repository:
             target = weights / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
-    # The s2mel model's vocoder config travels too: it says which sample rate the waveform has.
-    bigvgan_config = paths.bigvgan_dir / "config.json"
-    target = repository / "s2mel" / "1" / WEIGHTS_DIR / DEFAULT_BIGVGAN_DIR / "config.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(bigvgan_config, target)
 
 
 def export_repository(
