@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from golden import load_golden
+from golden import load_golden, load_golden_config
 
 from indextts2.checkpoint import CheckpointError, fold_weight_norm, torch_load
 from indextts2.networks.bigvgan import (
@@ -56,9 +56,12 @@ def test_bigvgan_reproduces_pipeline_waveform_from_vc_target(vocoder: BigVGAN, g
     np.testing.assert_allclose(wav.numpy(), golden["wav"], rtol=0, atol=CHAIN_TOLERANCE)
 
 
-def test_bigvgan_reads_its_shape_from_config_json(vocoder: BigVGAN, bigvgan_dir: Path) -> None:
+def test_bigvgan_reads_its_shape_from_config_json(
+    vocoder: BigVGAN, bigvgan_dir: Path, golden_tiny: Path
+) -> None:
     h = json.loads((bigvgan_dir / "config.json").read_text())
-    assert vocoder.hop_length == int(np.prod(h["upsample_rates"])) == 256
+    mel_hop = load_golden_config(golden_tiny)["s2mel"]["preprocess_params"]["spect_params"]["hop_length"]
+    assert vocoder.hop_length == int(np.prod(h["upsample_rates"])) == mel_hop
     assert vocoder.conv_pre.out_channels == h["upsample_initial_channel"]
     assert len(vocoder.resblocks) == len(h["upsample_rates"]) * len(h["resblock_kernel_sizes"])
     assert vocoder.conv_post.bias is None  # use_bias_at_final: false
@@ -140,11 +143,12 @@ def test_build_rejects_unsupported_config(bigvgan_dir: Path, change: dict, messa
 def _corrupt_cases(official: dict[str, torch.Tensor]) -> list[tuple[dict[str, torch.Tensor], list[str]]]:
     missing = {k: v for k, v in official.items() if k != "conv_pre.bias"}
     unexpected = {**official, "conv_post.bias": torch.zeros(1)}
-    misshaped = {**official, "ups.0.0.bias": torch.zeros(65)}
+    (width,) = official["ups.0.0.bias"].shape
+    misshaped = {**official, "ups.0.0.bias": torch.zeros(width + 1)}
     return [
-        (missing, ["missing key 'conv_pre.bias'", "(128,)"]),
+        (missing, ["missing key 'conv_pre.bias'", str(tuple(official["conv_pre.bias"].shape))]),
         (unexpected, ["unexpected key 'conv_post.bias'", "(1,)"]),
-        (misshaped, ["'ups.0.0.bias'", "(65,)", "(64,)"]),
+        (misshaped, ["'ups.0.0.bias'", f"({width + 1},)", f"({width},)"]),
     ]
 
 

@@ -71,7 +71,7 @@ def random_request(model: UnifiedVoice, request_id: str, text_len: int, seed: in
     g = torch.Generator().manual_seed(seed)
     dim = model.model_dim
     return DecodeRequest(
-        speaker_latents=torch.randn(32, dim, generator=g),
+        speaker_latents=torch.randn(model.perceiver_encoder.latents.shape[0], dim, generator=g),
         emotion_vector=0.5 * torch.randn(dim, generator=g),
         text_ids=torch.randint(2, model.text_embedding.num_embeddings, (text_len,), generator=g),
         sampling=sampling,
@@ -223,7 +223,8 @@ def test_chunks_come_every_stream_every_codes_then_the_remainder_then_the_final_
 
 def test_cancelled_request_frees_its_slot_for_a_waiting_request(golden_model, gen):
     engine = DecoderEngine(golden_model, max_slots=1, max_waiting=2)
-    long = engine.submit(golden_request(gen, SamplingConfig(max_codes=150), request_id="long"))
+    longest = golden_model.max_mel_tokens - 1  # it is cancelled long before
+    long = engine.submit(golden_request(gen, SamplingConfig(max_codes=longest), request_id="long"))
     waiting = engine.submit(golden_request(gen, SamplingConfig(max_codes=5), request_id="waiting"))
     queued = engine.submit(golden_request(gen, SamplingConfig(max_codes=5), request_id="queued"))
     for _ in range(3):
@@ -269,11 +270,15 @@ def test_max_prefills_per_step_spreads_admissions_over_steps(golden_model, gen):
 
 def test_invalid_requests_get_an_error_event_and_the_others_are_unaffected(golden_model, gen):
     sampling = SamplingConfig(repetition_penalty=10.0, max_codes=8)
+    dim = golden_model.model_dim
+    # The golden prefix (speaker latents, speed embeddings, text with its start and stop ids) has room
+    # for 52 codes in the engine's cache: enough for the good requests' 8, not for 80.
+    max_seq_len = gen["prefix_embeds"].shape[1] + 52
     good = [golden_request(gen, sampling, request_id=f"good{i}") for i in range(2)]
     good[1].text_ids = good[1].text_ids[:4]
     bad = {
-        "speaker_latents must be float (N, 64)": golden_request(gen, sampling),
-        "emotion_vector must be float (64,)": golden_request(gen, sampling),
+        f"speaker_latents must be float (N, {dim})": golden_request(gen, sampling),
+        f"emotion_vector must be float ({dim},)": golden_request(gen, sampling),
         "text ids exceed max_text_tokens": golden_request(gen, sampling),
         "top_p must be in (0, 1]": golden_request(gen, SamplingConfig(do_sample=True, top_p=0.0)),
         "exceed the engine's max_seq_len": golden_request(gen, SamplingConfig(max_codes=80)),
@@ -283,13 +288,13 @@ def test_invalid_requests_get_an_error_event_and_the_others_are_unaffected(golde
         "non-finite logits": golden_request(gen, sampling),
     }
     requests = list(bad.values())
-    requests[0].speaker_latents = requests[0].speaker_latents[:, :63]
+    requests[0].speaker_latents = requests[0].speaker_latents[:, : dim - 1]
     requests[1].emotion_vector = requests[1].emotion_vector[None, None]
     requests[2].text_ids = torch.full((golden_model.max_text_tokens + 1,), 5)
     requests[6].speaker_latents = requests[6].speaker_latents.clone()
     requests[6].speaker_latents[3, 5] = float("nan")
 
-    engine = DecoderEngine(golden_model, max_slots=3, max_seq_len=100)
+    engine = DecoderEngine(golden_model, max_slots=3, max_seq_len=max_seq_len)
     good_handles = [engine.submit(good[0])]
     bad_handles = [engine.submit(request) for request in requests]
     good_handles.append(engine.submit(good[1]))

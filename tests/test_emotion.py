@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,14 @@ def max_err(actual: torch.Tensor, expected: np.ndarray) -> float:
     return (actual - torch.from_numpy(expected)).abs().max().item()
 
 
-def test_bank_is_split_by_emo_num(bank, config):
+@pytest.fixture(scope="module")
+def style_dim(mix: dict[str, np.ndarray]) -> int:
+    return mix["style"].shape[-1]
+
+
+def test_bank_is_split_by_emo_num(bank, config, style_dim):
     assert bank.emo_num == list(config["emo_num"])
-    assert all(group.shape[1] == 192 for group in bank.spk_groups)
+    assert all(group.shape[1] == style_dim for group in bank.spk_groups)
 
 
 def test_selected_rows_match_official_cosine_argmax(bank, mix):
@@ -76,8 +82,8 @@ def test_base_emovec_is_the_merge_emovec_of_the_forward_golden(golden_tiny, mix)
     assert np.abs(mix["base_emovec"] - forward["emo_vec"]).max() <= TOL
 
 
-def test_random_selection_stays_inside_each_group(bank):
-    indices = select_emotion_rows(bank, torch.zeros(1, 192), use_random=True, rng=random.Random(3))
+def test_random_selection_stays_inside_each_group(bank, style_dim):
+    indices = select_emotion_rows(bank, torch.zeros(1, style_dim), use_random=True, rng=random.Random(3))
     assert all(0 <= index < n for index, n in zip(indices, bank.emo_num))
 
 
@@ -95,10 +101,12 @@ def test_emo_alpha_scaling_truncates_like_infer():
     assert scale_emotion_weights([0.3], 2.0) == [0.3]
 
 
-def test_loader_rejects_matrices_that_do_not_fit_emo_num(golden_tiny, config, tmp_path):
+def test_loader_rejects_matrices_that_do_not_fit_emo_num(golden_tiny, config, style_dim, tmp_path):
     bad = tmp_path / "feat1.pt"
-    torch.save(torch.zeros(70, 192), bad)
-    with pytest.raises(CheckpointError, match=r"spk_matrix has shape \(70, 192\), expected \(73, \*\)"):
+    rows = sum(config["emo_num"])
+    torch.save(torch.zeros(rows - 3, style_dim), bad)
+    message = f"spk_matrix has shape ({rows - 3}, {style_dim}), expected ({rows}, *)"
+    with pytest.raises(CheckpointError, match=re.escape(message)):
         load_emotion_bank(bad, golden_tiny / config["emo_matrix"], config["emo_num"])
     with pytest.raises(CheckpointError, match="not found"):
         load_emotion_bank(tmp_path / "missing.pt", golden_tiny / config["emo_matrix"], config["emo_num"])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from golden import load_golden
+from golden import load_golden, suffixed_golden
 
 from indextts2.checkpoint import CheckpointError
 from indextts2.config import load_config
@@ -68,6 +69,16 @@ def frames(x: torch.Tensor) -> torch.Tensor:
     return torch.tensor([x.shape[1]])
 
 
+def masked_spk(cond: dict[str, np.ndarray]) -> tuple[str, int]:
+    """The golden speaker latents computed with fewer valid frames, and that frame count."""
+    return suffixed_golden(cond, "spk_cond_latent_masked_len")
+
+
+def masked_emo(cond: dict[str, np.ndarray]) -> tuple[str, int]:
+    """The golden emotion vector computed with fewer valid frames, and that frame count."""
+    return suffixed_golden(cond, "emovec_from_emo_masked_len")
+
+
 # --- conditioning ----------------------------------------------------------------------------------
 
 
@@ -97,17 +108,19 @@ def test_merge_emovec_matches_golden_for_alpha_1_and_half(model, cond):
 @torch.no_grad()
 def test_official_padding_mode_reproduces_masked_goldens(model_official_padding, cond):
     m = model_official_padding
-    assert_close(m.get_conditioning(t(cond, "spk_cond_emb"), torch.tensor([27])), cond["spk_cond_latent_masked_len27"])
-    assert_close(m.get_emovec(t(cond, "emo_cond_emb"), torch.tensor([21])), cond["emovec_from_emo_masked_len21"])
+    (spk_key, spk_len), (emo_key, emo_len) = masked_spk(cond), masked_emo(cond)
+    assert_close(m.get_conditioning(t(cond, "spk_cond_emb"), torch.tensor([spk_len])), cond[spk_key])
+    assert_close(m.get_emovec(t(cond, "emo_cond_emb"), torch.tensor([emo_len])), cond[emo_key])
 
 
 @torch.no_grad()
 def test_official_padding_mode_batch_rows_equal_their_single_calls(model_official_padding, cond):
     spk = t(cond, "spk_cond_emb")
     batch = torch.cat([spk, spk])
-    latents = model_official_padding.get_conditioning(batch, torch.tensor([40, 27]))
+    masked_key, masked_len = masked_spk(cond)
+    latents = model_official_padding.get_conditioning(batch, torch.tensor([spk.shape[1], masked_len]))
     assert_close(latents[:1], cond["spk_cond_latent"])
-    assert_close(latents[1:], cond["spk_cond_latent_masked_len27"])
+    assert_close(latents[1:], cond[masked_key])
 
 
 @torch.no_grad()
@@ -115,18 +128,19 @@ def test_batched_conditioning_rows_equal_unpadded_single_calls(model, cond):
     # Default mode: a padded row gives exactly what its frames give alone and unpadded (the official
     # inference never pads), whatever the padding holds.
     spk, emo = t(cond, "spk_cond_emb"), t(cond, "emo_cond_emb")
-    short = torch.cat([emo[:, :21], 5 * torch.randn(1, spk.shape[1] - 21, spk.shape[2])], dim=1)
+    n = min(masked_emo(cond)[1], spk.shape[1] - 1)  # a row shorter than the speaker row
+    short = torch.cat([emo[:, :n], 5 * torch.randn(1, spk.shape[1] - n, spk.shape[2])], dim=1)
     batch = torch.cat([spk, short])
-    lengths = torch.tensor([spk.shape[1], 21])
+    lengths = torch.tensor([spk.shape[1], n])
 
     latents = model.get_conditioning(batch, lengths)
     assert_close(latents[:1], cond["spk_cond_latent"])
-    alone = model.get_conditioning(emo[:, :21], torch.tensor([21]))
+    alone = model.get_conditioning(emo[:, :n], torch.tensor([n]))
     assert (latents[1:] - alone).abs().max().item() < 1e-5
 
     emovecs = model.get_emovec(batch, lengths)
     assert_close(emovecs[:1], cond["emovec_from_spk"])
-    alone = model.get_emovec(emo[:, :21], torch.tensor([21]))
+    alone = model.get_emovec(emo[:, :n], torch.tensor([n]))
     assert (emovecs[1:] - alone).abs().max().item() < 1e-5
 
 
@@ -163,7 +177,7 @@ def test_forward_with_emovec_from_emotion_audio_matches_emo_vec_none_golden(mode
 def test_forward_does_not_modify_its_inputs(model, fwd):
     args = forward_args(fwd)
     codes = args[3].clone()
-    model(args[0], args[1], args[2], args[3], torch.tensor([10]), args[5])
+    model(args[0], args[1], args[2], args[3], args[4] // 2, args[5])  # shorter than the codes
     assert torch.equal(args[3], codes)
 
 
@@ -363,6 +377,7 @@ def gpt_state_dict(golden_tiny: Path) -> dict[str, torch.Tensor]:
 
 def test_loading_a_mis_shaped_tensor_names_file_key_and_shapes(gpt_config, gpt_state_dict, tmp_path):
     state_dict = dict(gpt_state_dict)
+    shape = tuple(state_dict["gpt.h.0.attn.c_attn.weight"].shape)  # Conv1D (in, out) = (d, 3d)
     state_dict["gpt.h.0.attn.c_attn.weight"] = state_dict["gpt.h.0.attn.c_attn.weight"].t().contiguous()
     path = tmp_path / "gpt_bad_shape.pth"
     torch.save(state_dict, path)
@@ -370,24 +385,27 @@ def test_loading_a_mis_shaped_tensor_names_file_key_and_shapes(gpt_config, gpt_s
         load_gpt(gpt_config, path)
     message = str(error.value)
     assert str(path) in message and "gpt.h.0.attn.c_attn.weight" in message
-    assert "(192, 64)" in message and "(64, 192)" in message
+    assert str(shape[::-1]) in message and str(shape) in message
 
 
 def test_loading_with_a_missing_key_names_it(gpt_config, gpt_state_dict, tmp_path):
     state_dict = dict(gpt_state_dict)
-    del state_dict["emo_perceiver_encoder.norm.gamma"]
+    shape = tuple(state_dict.pop("emo_perceiver_encoder.norm.gamma").shape)
     path = tmp_path / "gpt_missing.pth"
     torch.save(state_dict, path)
-    with pytest.raises(CheckpointError, match=r"missing key 'emo_perceiver_encoder.norm.gamma'.*\(1024,\)") as error:
+    message = r"missing key 'emo_perceiver_encoder.norm.gamma'.*" + re.escape(str(shape))
+    with pytest.raises(CheckpointError, match=message) as error:
         load_gpt(gpt_config, path)
     assert str(path) in str(error.value)
 
 
 def test_loading_with_an_unexpected_key_names_it(gpt_config, gpt_state_dict, tmp_path):
-    state_dict = {**gpt_state_dict, "gpt.wte.weight": torch.zeros(130, 64)}
+    shape = (gpt_config["number_mel_codes"], gpt_config["model_dim"])
+    state_dict = {**gpt_state_dict, "gpt.wte.weight": torch.zeros(shape)}
     path = tmp_path / "gpt_extra.pth"
     torch.save(state_dict, path)
-    with pytest.raises(CheckpointError, match=r"unexpected key 'gpt.wte.weight' with shape \(130, 64\)") as error:
+    message = r"unexpected key 'gpt.wte.weight' with shape " + re.escape(str(shape))
+    with pytest.raises(CheckpointError, match=message) as error:
         load_gpt(gpt_config, path)
     assert str(path) in str(error.value)
 

@@ -3,6 +3,7 @@ checkpoint, per-row batching, and strict loading of s2mel.pth."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +79,10 @@ def test_length_regulator_batch_interpolates_every_row_to_the_longest_like_offic
 def test_length_regulator_with_x_lens_makes_each_row_equal_to_it_alone(model, golden_tiny):
     g = load_golden(golden_tiny, "s2mel_length_regulator")
     x = t(g["x_batch2"]).clone()
-    x[1, 15:] = 0.0  # row 1 has 15 valid input frames; its padding must not matter
-    x_lens, ylens = torch.tensor([20, 15]), t(g["ylens_batch2"])
+    frames = x.shape[1]
+    short = frames * 3 // 4
+    x[1, short:] = 0.0  # row 1 has fewer valid input frames; its padding must not matter
+    x_lens, ylens = torch.tensor([frames, short]), t(g["ylens_batch2"])
     with torch.no_grad():
         batched, _ = model.length_regulator(x, ylens, x_lens=x_lens)
         for row in range(2):
@@ -115,7 +118,7 @@ def test_dit_reflect_at_row_end_makes_a_short_row_equal_to_it_alone(model, golde
     g = load_golden(golden_tiny, "s2mel_dit")
     dit = model.cfm.estimator
     args = dit_batch2(g)
-    n = int(args[2][1])  # row 1 has 41 of 50 valid frames
+    n = int(args[2][1])  # row 1 has fewer valid frames than row 0
     alone = [args[0][1:, :, :n], args[1][1:, :, :n], torch.tensor([n]), args[3][1:], args[4][1:], args[5][1:, :n]]
     with torch.no_grad():
         batched = dit(*args, reflect_at_row_end=True)
@@ -152,21 +155,32 @@ def test_cfm_draws_the_official_noise_from_the_global_rng(model, golden_tiny):
 def test_cfm_batched_rows_of_different_lengths_equal_each_row_alone(model, golden_tiny):
     g = load_golden(golden_tiny, "s2mel_cfm")
     mu, prompt, style, noise = t(g["mu"]), t(g["prompt"]), t(g["style"]), t(g["noise"])
-    lengths, prompt_lens = [120, 97], [86, 60]
-    # Row 1: another prompt length, another total length, its own style; padded to 120 frames.
+    steps, cfg_rate = int(g["n_timesteps"]), float(g["inference_cfg_rate"])
+    total, (mels, prompt_len) = mu.shape[1], prompt.shape[1:]
+    short = total * 4 // 5
+    short_prompt = min(prompt_len, short) * 2 // 3
+    lengths, prompt_lens = [total, short], [prompt_len, short_prompt]
+    # Row 1: another prompt length, another total length, its own style; padded to `total` frames.
+    mu_start, prompt_start = (total - short) // 2, (prompt_len - short_prompt) // 2
     rows = [
         (mu, prompt, style, noise),
-        (mu[:, 10:107].flip(1), prompt[..., 20:80], style.flip(1), noise[..., :97].flip(2)),
+        (
+            mu[:, mu_start : mu_start + short].flip(1),
+            prompt[..., prompt_start : prompt_start + short_prompt],
+            style.flip(1),
+            noise[..., :short].flip(2),
+        ),
     ]
-    batch_mu, batch_prompt, batch_noise = torch.zeros(2, 120, mu.shape[-1]), torch.zeros(2, 80, 86), torch.zeros(2, 80, 120)
+    batch_mu, batch_prompt = torch.zeros(2, total, mu.shape[-1]), torch.zeros(2, mels, prompt_len)
+    batch_noise = torch.zeros(2, mels, total)
     for b, (m, p, _, n) in enumerate(rows):
         batch_mu[b, : m.shape[1]], batch_prompt[b, :, : p.shape[-1]], batch_noise[b, :, : n.shape[-1]] = m[0], p[0], n[0]
     batched = model.cfm.inference(
-        batch_mu, torch.tensor(lengths), batch_prompt, torch.cat([r[2] for r in rows]), 3, cfg_rate=0.7,
-        noise=batch_noise, prompt_lens=torch.tensor(prompt_lens),
+        batch_mu, torch.tensor(lengths), batch_prompt, torch.cat([r[2] for r in rows]), steps,
+        cfg_rate=cfg_rate, noise=batch_noise, prompt_lens=torch.tensor(prompt_lens),
     )
     for b, (m, p, s, n) in enumerate(rows):
-        alone = model.cfm.inference(m, torch.tensor([lengths[b]]), p, s, 3, cfg_rate=0.7, noise=n)
+        alone = model.cfm.inference(m, torch.tensor([lengths[b]]), p, s, steps, cfg_rate=cfg_rate, noise=n)
         assert max_err(batched[b : b + 1, :, : lengths[b]], alone.numpy()) < CHAIN_TOL
         assert torch.all(batched[b, :, : prompt_lens[b]] == 0) and torch.all(batched[b, :, lengths[b] :] == 0)
 
@@ -219,23 +233,32 @@ def write_modified(golden_tiny: Path, tmp_path: Path, change) -> Path:
     return path
 
 
-def test_load_rejects_a_reshaped_tensor(golden_tiny, s2mel_config, tmp_path):
+@pytest.fixture(scope="module")
+def golden_net(golden_tiny: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The golden s2mel.pth's parts, for the shapes the strict-loading errors must name."""
+    return torch.load(golden_tiny / "s2mel.pth", map_location="cpu", weights_only=True)["net"]
+
+
+def test_load_rejects_a_reshaped_tensor(golden_tiny, golden_net, s2mel_config, tmp_path):
     key = "estimator.cond_projection.weight"
+    rows, cols = golden_net["cfm"][key].shape
 
     def reshape(net):
-        net["cfm"][key] = net["cfm"][key][:, :32].clone()
+        net["cfm"][key] = net["cfm"][key][:, : cols // 2].clone()
 
     path = write_modified(golden_tiny, tmp_path, reshape)
     with pytest.raises(CheckpointError, match=r"cfm\.estimator\.cond_projection\.weight") as error:
         load_s2mel(s2mel_config, path)
-    assert str(path) in str(error.value) and "(64, 32)" in str(error.value) and "(64, 64)" in str(error.value)
+    message = str(error.value)
+    assert str(path) in message and f"({rows}, {cols // 2})" in message and f"({rows}, {cols})" in message
 
 
-def test_load_rejects_a_missing_tensor(golden_tiny, s2mel_config, tmp_path):
+def test_load_rejects_a_missing_tensor(golden_tiny, golden_net, s2mel_config, tmp_path):
+    shape = tuple(golden_net["length_regulator"]["model.4.weight"].shape)
     path = write_modified(golden_tiny, tmp_path, lambda net: net["length_regulator"].pop("model.4.weight"))
     with pytest.raises(CheckpointError, match=r"missing key 'length_regulator\.model\.4\.weight'") as error:
         load_s2mel(s2mel_config, path)
-    assert str(path) in str(error.value) and "(64,)" in str(error.value)
+    assert str(path) in str(error.value) and str(shape) in str(error.value)
 
 
 def test_load_rejects_an_unexpected_tensor(golden_tiny, s2mel_config, tmp_path):
@@ -245,13 +268,17 @@ def test_load_rejects_an_unexpected_tensor(golden_tiny, s2mel_config, tmp_path):
     assert str(path) in str(error.value)
 
 
-def test_load_rejects_a_wrong_computed_buffer_but_accepts_its_absence(golden_tiny, s2mel_config, tmp_path):
+def test_load_rejects_a_wrong_computed_buffer_but_accepts_its_absence(
+    golden_tiny, golden_net, s2mel_config, tmp_path
+):
     def drop(net):
         del net["cfm"]["estimator.input_pos"], net["cfm"]["estimator.t_embedder.freqs"]
 
     load_s2mel(s2mel_config, write_modified(golden_tiny, tmp_path, drop))
-    path = write_modified(golden_tiny, tmp_path, lambda net: net["cfm"].update({"estimator.input_pos": torch.arange(8192)}))
-    with pytest.raises(CheckpointError, match=r"'cfm\.estimator\.input_pos' \(shape \(8192,\)"):
+    half = len(golden_net["cfm"]["estimator.input_pos"]) // 2  # half the computed RoPE position table
+    wrong = torch.arange(half)
+    path = write_modified(golden_tiny, tmp_path, lambda net: net["cfm"].update({"estimator.input_pos": wrong}))
+    with pytest.raises(CheckpointError, match=re.escape(f"'cfm.estimator.input_pos' (shape ({half},)")):
         load_s2mel(s2mel_config, path)
 
 

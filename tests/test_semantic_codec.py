@@ -138,18 +138,20 @@ def test_loader_ignores_only_the_decoder_half(golden_tiny, codec_config, tmp_pat
 
 
 def test_loader_rejects_a_missing_tensor(golden_tiny, codec_config, tmp_path):
+    shape = tuple(load_file(str(golden_tiny / CODEC_FILE))["encoder.1.bias"].shape)
     path = _write_modified(golden_tiny, tmp_path, lambda t: t.pop("encoder.1.bias"))
     message = _load_error(codec_config, path)
     assert "modified.safetensors" in message
-    assert "missing key 'encoder.1.bias' (the network expects shape (1024,))" in message
+    assert f"missing key 'encoder.1.bias' (the network expects shape {shape})" in message
 
 
 def test_loader_rejects_a_misshaped_tensor(golden_tiny, codec_config, tmp_path):
     key = "quantizer.quantizers.0.codebook.weight"
-    path = _write_modified(golden_tiny, tmp_path, lambda t: t.update({key: torch.zeros(64, 8)}))
+    codes, dim = load_file(str(golden_tiny / CODEC_FILE))[key].shape
+    path = _write_modified(golden_tiny, tmp_path, lambda t: t.update({key: torch.zeros(codes // 2, dim)}))
     message = _load_error(codec_config, path)
     assert "modified.safetensors" in message
-    assert f"key '{key}' has shape (64, 8) in the file, the network expects (128, 8)" in message
+    assert f"key '{key}' has shape ({codes // 2}, {dim}) in the file, the network expects ({codes}, {dim})" in message
 
 
 def test_loader_rejects_a_file_that_is_not_safetensors(codec_config, tmp_path):
