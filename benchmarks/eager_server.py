@@ -85,11 +85,12 @@ class EagerService:
             raise RefusedRequest(413, "payload_too_large", f"{field} is over {self.settings.max_upload_bytes} bytes",
                                  field)
         try:
-            samples, sample_rate = decode_audio(data)
+            audio = decode_audio(data)
         except AudioDecodeError:
             raise RefusedRequest(422, "invalid_request", f"{field} is not audio this service can decode",
                                  field) from None
-        if samples.shape[0] / sample_rate < MIN_REFERENCE_SECONDS:
+        samples, sample_rate = audio.samples, audio.sample_rate
+        if audio.declared_seconds < MIN_REFERENCE_SECONDS:
             raise RefusedRequest(422, "invalid_request", f"{field} is shorter than {MIN_REFERENCE_SECONDS} s", field)
         return samples, sample_rate
 

@@ -18,13 +18,11 @@ import torch
 from indextts2.checkpoint_dir import IndexTTS2Networks
 from indextts2.emotion import emotion_vector_from_weights, scale_emotion_weights
 from indextts2.frontend.audio import (
-    FEATURE_SAMPLE_RATE,
-    MAX_PROMPT_SECONDS,
     S2MEL_SAMPLE_RATE,
     campplus_features,
+    emotion_waveform,
     mel_spectrogram,
     prompt_waveforms,
-    resample,
     s2mel_mel_args,
     seamless_m4t_features,
 )
@@ -107,7 +105,7 @@ class EagerPipeline:
     @torch.inference_mode()
     def emotion_features(self, samples: np.ndarray, sample_rate: int) -> torch.Tensor:
         """An emotion reference is read at 16 kHz and cut to 15 s, as infer_v2 does."""
-        wav_16k = resample(samples, sample_rate, FEATURE_SAMPLE_RATE)[: int(MAX_PROMPT_SECONDS * FEATURE_SAMPLE_RATE)]
+        wav_16k = emotion_waveform(samples, sample_rate)
         return self._semantic_features(wav_16k)
 
     @torch.inference_mode()

@@ -8,6 +8,7 @@ HTTP errors are converted into the same shape first.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,7 +20,13 @@ from starlette.exceptions import HTTPException
 
 from orchestrator import __version__
 from orchestrator.assets import ModelAssets
-from orchestrator.errors import InvalidDurationRatioError, InvalidRequestError, ServiceBugError, ServiceError
+from orchestrator.errors import (
+    InvalidDurationRatioError,
+    InvalidRequestError,
+    ResponseAborted,
+    ServiceBugError,
+    ServiceError,
+)
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.middleware import RequestMiddleware
 from orchestrator.reporting import REPORTED, Reporter, current_request, init_sentry
@@ -70,10 +77,19 @@ def validation_error(exc: RequestValidationError) -> InvalidRequestError:
     text = f"{field}: {message}" if field else message
     if field in _DURATION_FIELDS:
         request = current_request()
-        if request is not None:  # the refused value is request metadata, allowed in the event
-            request.meta[field] = str(first.get("input"))[:32]
+        if request is not None:  # what the service made of the value, never the raw value sent
+            request.meta[field] = _refused_number(first.get("input"))
         return InvalidDurationRatioError(text, field=field, limit=limit or None, stage="validation")
     return InvalidRequestError(text, field=field, limit=limit or None)
+
+
+def _refused_number(value: Any) -> float | str:
+    """A refused numeric field as event metadata: the number it parses to (rounded), else "not_a_number"."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return "not_a_number"
+    return round(number, 4) if math.isfinite(number) else "not_finite"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -99,7 +115,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     app.state.metrics = metrics
     app.state.release = release
-    app.add_middleware(RequestMiddleware, metrics=metrics, max_request_bytes=settings.max_request_bytes)
+    def unexpected_error(error: Exception) -> JSONResponse:
+        """A bug outside the pipeline's own wrapping: a JSON 500 with the request id, and one event (none
+        when the failure was reported where it happened, as a stream's is)."""
+        bug = ServiceBugError(f"unexpected {type(error).__name__} in the orchestrator", stage="orchestrator")
+        bug.__cause__ = error
+        bug.report = not (isinstance(error, ResponseAborted) or getattr(error, REPORTED, False))
+        setattr(error, REPORTED, True)  # the ASGI integration must not capture it a second time
+        return error_response(bug, reporter, settings.overload_retry_after_s)
+
+    app.add_middleware(RequestMiddleware, metrics=metrics, max_request_bytes=settings.max_request_bytes,
+                       on_unexpected_error=unexpected_error, on_request_end=reporter.end_request)
 
     async def handle_service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return error_response(exc, reporter, settings.overload_retry_after_s)
@@ -115,17 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ))
         return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
 
-    async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # A bug outside the pipeline's own wrapping: still a JSON answer and one event. Starlette re-raises
-        # `exc` after this handler; marked as reported, that second capture is dropped.
-        bug = ServiceBugError(f"unexpected {type(exc).__name__} in the orchestrator", stage="orchestrator")
-        bug.__cause__ = exc
-        response = error_response(bug, reporter, settings.overload_retry_after_s)
-        setattr(exc, REPORTED, True)
-        return response
-
     app.add_exception_handler(ServiceError, handle_service_error)
-    app.add_exception_handler(Exception, handle_unexpected)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(HTTPException, handle_http_error)
     app.include_router(synthesis.router)

@@ -9,6 +9,9 @@ text or audio: they name the field, the limit and the stage.
 
 from __future__ import annotations
 
+# Set on an exception that has its event already, so that before_send drops a second capture of it.
+REPORTED = "_reported_to_sentry"
+
 
 class ServiceError(Exception):
     http_status = 500
@@ -132,3 +135,15 @@ class ServiceBugError(StageError):
 
     http_status = 500
     error_type = "internal_error"
+
+
+class ResponseAborted(Exception):
+    """A failure after the response started (a stream), already reported: the request middleware cuts the
+    transfer short. Not a ServiceError, so no handler tries to answer a response that is half sent."""
+
+    @classmethod
+    def after(cls, reported: ServiceError) -> ResponseAborted:
+        aborted = cls(f"the response was cut short by {reported.error_type}")
+        # Marked as reported (see orchestrator.reporting.before_send): the failure has its one event.
+        setattr(aborted, REPORTED, True)
+        return aborted

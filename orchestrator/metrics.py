@@ -39,6 +39,10 @@ class ServiceMetrics:
             "tts_warnings", "Warnings reported (short reference audio, short mel, ...).",
             ["kind"], registry=self.registry,
         )
+        self.warnings_suppressed = Counter(
+            "tts_warning_events_suppressed", "Warning events not sent: over WARNING_EVENTS_PER_MINUTE for the kind.",
+            ["kind"], registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,21 +1,32 @@
-"""The per-request ASGI layer: request id, the request context for events, the body-size guard and the
-request metrics. Pure ASGI (no BaseHTTPMiddleware), so streamed responses pass straight through."""
+"""The per-request ASGI layer: request id, the request context for events, the body-size guard, the last
+line of error handling and the request metrics. Pure ASGI (no BaseHTTPMiddleware), so streamed responses
+pass straight through.
+
+Every response leaves here with an `X-Request-ID` header (the client's, when it sent a valid one). An
+exception that escapes the routes and their handlers becomes a JSON 500 here, inside the request's
+context, so its body and its one event carry the request id and the connection stays usable. A failure
+after the response started cannot change the status any more: the transfer is cut short (the server
+closes the connection, the client sees an incomplete body), and the failure is reported once.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.reporting import CURRENT_REQUEST, RequestContext
 from orchestrator.schemas import ErrorBody, ErrorResponse
 
+logger = logging.getLogger("orchestrator")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -27,10 +38,16 @@ class RequestTooLargeError(HTTPException):
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_request_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: ServiceMetrics, max_request_bytes: int,
+        on_unexpected_error: Callable[[Exception], Response], on_request_end: Callable[[RequestContext], None],
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        # error -> the JSON 500 (reported once); the context -> deferred reporting (warnings with counts)
+        self.on_unexpected_error = on_unexpected_error
+        self.on_request_end = on_request_end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,12 +60,13 @@ class RequestMiddleware:
         token = CURRENT_REQUEST.set(context)
         started = time.perf_counter()
         status = 500
+        response_started = False
         received = 0
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, response_started = message["status"], True
                 response_headers = MutableHeaders(scope=message)
                 response_headers["X-Request-ID"] = context.request_id
                 if context.warnings:
@@ -73,9 +91,21 @@ class RequestMiddleware:
                     request_id=context.request_id))
                 await JSONResponse(body.model_dump(), status_code=413)(scope, receive, send_with_headers)
                 return
-            await self.app(scope, receive_with_limit, send_with_headers)
+            try:
+                await self.app(scope, receive_with_limit, send_with_headers)
+            except Exception as error:  # noqa: BLE001 - the last line: every failure gets an answer
+                if not response_started:
+                    await self.on_unexpected_error(error)(scope, receive, send_with_headers)
+                else:
+                    # Returning without completing the response makes the server close the connection.
+                    self.on_unexpected_error(error)  # reports it, unless it was reported where it happened
+                    logger.warning("response %s cut short by %s after it started", context.request_id,
+                                   type(error).__name__)
         finally:
             route = context.route
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
-            CURRENT_REQUEST.reset(token)
+            try:
+                self.on_request_end(context)
+            finally:
+                CURRENT_REQUEST.reset(token)

@@ -33,14 +33,13 @@ import torch
 
 from indextts2.emotion import emotion_vector_from_weights, scale_emotion_weights
 from indextts2.frontend.audio import (
-    FEATURE_SAMPLE_RATE,
     MAX_PROMPT_SECONDS,
     AudioDecodeError,
     campplus_features,
     decode_audio,
+    emotion_waveform,
     mel_spectrogram,
     prompt_waveforms,
-    resample,
     seamless_m4t_features,
 )
 from indextts2.frontend.text import TextError
@@ -73,13 +72,10 @@ class ReferenceAudio:
     """A decoded upload: mono float32 samples and what the reports may say about it."""
 
     field: str  # the form field (or voice) it came from, for error messages
-    samples: np.ndarray
+    samples: np.ndarray  # the decoded start (at most 16 s: decode_audio reads no more)
     sample_rate: int
     sha256: str
-
-    @property
-    def duration_s(self) -> float:
-        return self.samples.shape[0] / self.sample_rate
+    duration_s: float  # of the whole upload, as its header declares it
 
 
 @dataclass(frozen=True)
@@ -208,7 +204,15 @@ class SynthesisPipeline:
             ) from None
         finally:
             self.metrics.stage_seconds.labels("text_frontend").observe(time.perf_counter() - started)
-        return [segment for segment in segments if segment]
+        segments = [segment for segment in segments if segment]
+        most = self.settings.max_text_segments
+        if len(segments) > most:
+            raise InvalidRequestError(
+                f"text makes {len(segments)} segments of up to {max_tokens} tokens after normalisation; the limit "
+                f"is {most} (numbers are read out digit by digit or in words, which lengthens them)",
+                field="text", limit=f"at most {most} segments",
+            )
+        return segments
 
     async def decode_reference(self, field: str, data: bytes) -> ReferenceAudio:
         """Uploaded bytes -> samples, with the size, format and length checks of the API."""
@@ -221,19 +225,22 @@ class SynthesisPipeline:
         if not data:
             raise InvalidRequestError(f"{field} is empty", field=field)
         try:
-            samples, sample_rate = await self._in_process("audio_decode", decode_audio, data)
-        except AudioDecodeError:
+            decoded = await self._in_process("audio_decode", decode_audio, data)
+        except AudioDecodeError as error:
+            if error.limit is not None:  # a header this service does not take: say which limit
+                raise InvalidRequestError(f"{field}: {error}", field=field, limit=error.limit) from None
             raise InvalidRequestError(
                 f"{field} is not audio this service can decode; send WAV, FLAC or OGG", field=field,
                 limit="WAV, FLAC or OGG (Vorbis/Opus), mono or multi-channel",
             ) from None
-        audio = ReferenceAudio(field, samples, sample_rate, hashlib.sha256(data).hexdigest())
-        if audio.duration_s < MIN_REFERENCE_SECONDS:
+        decoded_seconds = decoded.samples.shape[0] / decoded.sample_rate
+        if decoded_seconds < MIN_REFERENCE_SECONDS:
             raise InvalidRequestError(
-                f"{field} is {audio.duration_s:.2f} s long; at least {MIN_REFERENCE_SECONDS} s is needed",
+                f"{field} is {decoded_seconds:.2f} s long; at least {MIN_REFERENCE_SECONDS} s is needed",
                 field=field, limit=f">= {MIN_REFERENCE_SECONDS} s",
             )
-        return audio
+        return ReferenceAudio(field, decoded.samples, decoded.sample_rate, hashlib.sha256(data).hexdigest(),
+                              decoded.declared_seconds)
 
     def _check_reference_length(self, audio: ReferenceAudio) -> list[str]:
         if audio.duration_s < SHORT_REFERENCE_SECONDS:
@@ -281,10 +288,7 @@ class SynthesisPipeline:
 
     @staticmethod
     def _emotion_features(audio: ReferenceAudio) -> dict[str, np.ndarray]:
-        # infer_v2 reads an emotion reference directly at 16 kHz and cuts it to 15 s.
-        wav_16k = resample(audio.samples, audio.sample_rate, FEATURE_SAMPLE_RATE)
-        wav_16k = wav_16k[: int(MAX_PROMPT_SECONDS * FEATURE_SAMPLE_RATE)]
-        features, mask = seamless_m4t_features(wav_16k)
+        features, mask = seamless_m4t_features(emotion_waveform(audio.samples, audio.sample_rate))
         return {"input_features": features, "attention_mask": mask}
 
     async def _features(self, audio: ReferenceAudio, compute: Callable[..., dict], *args: Any) -> dict:

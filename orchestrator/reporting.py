@@ -20,6 +20,8 @@ import logging
 import re
 import shutil
 import subprocess
+import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -31,7 +33,7 @@ from sentry_sdk.integrations.fastapi import FastApiIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration, ignore_logger
 from sentry_sdk.integrations.starlette import StarletteIntegration
 
-from orchestrator.errors import ModelOutOfMemoryError, ServiceError
+from orchestrator.errors import REPORTED, ModelOutOfMemoryError, ServiceError
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.settings import Settings
 
@@ -45,9 +47,23 @@ CREDENTIAL_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
     "x-auth-token", "openai-api-key",
 })
+# The only request headers an event may carry: what the service needs to tell requests apart, nothing
+# that identifies the client (no address, no user agent, no custom header).
+EVENT_HEADERS = frozenset({"content-type", "content-length"})
 # Eight or more numbers in a row, e.g. a list of text token ids quoted by a model's error message.
 _NUMBER_RUN = re.compile(r"(?:-?\d+(?:\.\d+)?[,\s]+){7,}-?\d+(?:\.\d+)?")
 _MIN_SECRET_CHARS = 4  # shorter strings ("a", "ok") would redact half of every event
+
+
+@dataclass
+class PendingWarning:
+    message: str
+    stage: str
+    model: str | None
+    level: str
+    tags: dict[str, str]
+    data: dict[str, Any]
+    count: int = 1
 
 
 @dataclass
@@ -59,6 +75,8 @@ class RequestContext:
     meta: dict[str, Any] = field(default_factory=dict)  # metadata allowed in events
     secrets: list[str] = field(default_factory=list)  # strings no event may hold (the text)
     warnings: list[str] = field(default_factory=list)  # warning kinds reported, for X-TTS-Warnings
+    # The request's warnings, one per kind with how often it happened; sent when the request ends.
+    pending_warnings: dict[str, PendingWarning] = field(default_factory=dict, repr=False)
 
     @property
     def route(self) -> str:
@@ -89,16 +107,20 @@ def _redact(value: Any, secrets: list[str]) -> Any:
 
 
 def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any]:
-    """before_send / before_send_transaction: the second line of defence (see the module docstring)."""
+    """before_send / before_send_transaction: the second line of defence (see the module docstring).
+
+    The request part keeps the method, the URL without its query and the allowlisted headers; the user
+    part (client address) goes whole."""
     request = event.get("request")
     if isinstance(request, dict):
-        for key in ("data", "cookies", "query_string", "env"):
-            request.pop(key, None)
+        kept: dict[str, Any] = {key: request[key] for key in ("method",) if key in request}
+        if isinstance(request.get("url"), str):
+            kept["url"] = request["url"].split("?", 1)[0]
         headers = request.get("headers")
         if isinstance(headers, dict):
-            request["headers"] = {
-                name: value for name, value in headers.items() if name.lower() not in CREDENTIAL_HEADERS
-            }
+            kept["headers"] = {name: value for name, value in headers.items() if name.lower() in EVENT_HEADERS}
+        event["request"] = kept
+    event.pop("user", None)
     context = current_request()
     secrets = [s for s in (context.secrets if context else []) if len(s) >= _MIN_SECRET_CHARS]
     # Longest first, so a secret that contains another is removed whole.
@@ -107,9 +129,6 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> di
 
 def scrub_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any]:
     return scrub_event(crumb, hint)
-
-
-REPORTED = "_reported_to_sentry"
 
 
 def before_send(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -158,7 +177,7 @@ def init_sentry(settings: Settings, release: str) -> bool:
         data_collection={
             "user_info": False,
             "cookies": {"mode": "off"},
-            "http_headers": {"request": {"mode": "denylist", "terms": sorted(CREDENTIAL_HEADERS)}},
+            "http_headers": {"request": {"mode": "allowlist", "terms": sorted(EVENT_HEADERS)}},
             "http_bodies": [],
             "url_query_params": {"mode": "off"},
             "gen_ai": {"inputs": False, "outputs": False},
@@ -186,6 +205,26 @@ def init_sentry(settings: Settings, release: str) -> bool:
 # --- reporting ------------------------------------------------------------------------------------
 
 
+class RateLimit:
+    """At most `limit` events per key in any `window_s` seconds (per process): a warning that every
+    request hits (a bad voice used by all) is counted in the metrics, not sent thousands of times."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._sent: dict[str, deque[float]] = {}
+
+    def allow(self, key: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        sent = self._sent.setdefault(key, deque())
+        while sent and now - sent[0] >= self.window_s:
+            sent.popleft()
+        if len(sent) >= self.limit:
+            return False
+        sent.append(now)
+        return True
+
+
 class Reporter:
     """Sends the service's events: one per failure, one per warning, with the same tags everywhere."""
 
@@ -194,6 +233,7 @@ class Reporter:
         self.metrics = metrics
         self.device = device
         self._gpu: dict[str, str] | None = None
+        self._rate_limit = RateLimit(settings.warning_events_per_minute, 60.0)
 
     def gpu(self) -> dict[str, str]:
         if self._gpu is None:
@@ -245,21 +285,42 @@ class Reporter:
     def warning(
         self, kind: str, message: str, *, stage: str, model: str | None = None, level: str = "warning",
         tags: dict[str, str] | None = None, data: dict[str, Any] | None = None,
-    ) -> str | None:
-        """A warning event (the request is still served); `kind` names it in the fingerprint."""
-        context = current_request()
-        if context is not None and kind not in context.warnings:
-            context.warnings.append(kind)
+    ) -> None:
+        """A warning (the request is still served); `kind` names it in the fingerprint. Within a request a
+        kind becomes one event, sent when the request ends, with `count` saying how often it happened
+        (a text of 80 segments has one short_mel event, not 80); outside a request it is sent now."""
         self.metrics.warnings.labels(kind).inc()
-        with self._scope(stage, [stage, kind], {"model": model, "warning": kind, **(tags or {})}) as scope:
-            scope.set_level(level)
-            if data:
-                scope.set_context("warning", data)
-                for key, value in data.items():
-                    scope.set_extra(key, value)
-            event_id = sentry_sdk.capture_message(message, level=level)
+        context = current_request()
+        pending = PendingWarning(message, stage, model, level, dict(tags or {}), dict(data or {}))
+        if context is None:
+            self._send_warning(kind, pending)
+            return
+        if kind not in context.warnings:
+            context.warnings.append(kind)
+        if kind in context.pending_warnings:
+            context.pending_warnings[kind].count += 1
+            return
+        context.pending_warnings[kind] = pending
         logger.warning("%s: %s", kind, message)
-        return event_id
+
+    def end_request(self, context: RequestContext) -> None:
+        """Send the request's warnings (called by the request middleware as the request ends)."""
+        for kind, pending in context.pending_warnings.items():
+            self._send_warning(kind, pending)
+        context.pending_warnings.clear()
+
+    def _send_warning(self, kind: str, warning: PendingWarning) -> str | None:
+        if not self._rate_limit.allow(kind):
+            self.metrics.warnings_suppressed.labels(kind).inc()
+            return None
+        tags = {"model": warning.model, "warning": kind, **warning.tags}
+        data = {**warning.data, "count": warning.count}
+        with self._scope(warning.stage, [warning.stage, kind], tags) as scope:
+            scope.set_level(warning.level)
+            scope.set_context("warning", data)
+            for key, value in data.items():
+                scope.set_extra(key, value)
+            return sentry_sdk.capture_message(warning.message, level=warning.level)
 
     @staticmethod
     def breadcrumb(message: str, category: str, data: dict[str, Any] | None = None) -> None:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from orchestrator.errors import ServiceBugError, ServiceError
+from orchestrator.errors import ResponseAborted, ServiceBugError, ServiceError
 from orchestrator.reporting import Reporter, current_request
 from orchestrator.schemas import ErrorBody, ErrorResponse
 from orchestrator.service import AudioStream
@@ -60,12 +60,13 @@ async def audio_response(
             async for piece in stream:
                 yield pcm16(piece)
         except ServiceError as error:
-            # The status line is gone: report, then abort the transfer so the client sees it incomplete.
+            # The status line is gone: report once, then abort the transfer so the client sees it incomplete.
             reporter.failure(error)
-            raise
+            raise ResponseAborted.after(error) from error
         except Exception as error:  # a bug mid-stream is still one event
             bug = ServiceBugError(f"streaming failed: {type(error).__name__}", stage="stream")
+            bug.__cause__ = error
             reporter.failure(bug)
-            raise bug from error
+            raise ResponseAborted.after(bug) from error
 
     return StreamingResponse(chunks(), media_type=MEDIA_TYPES[container], headers=headers)

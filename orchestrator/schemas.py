@@ -11,7 +11,7 @@ import math
 from typing import Annotated, Any, Literal
 
 from fastapi import UploadFile
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from orchestrator.voices import VOICE_NAME_PATTERN
 
@@ -20,19 +20,39 @@ MIN_DURATION_RATIO, MAX_DURATION_RATIO = 0.75, 1.25
 SPEECH_FORMATS = ("wav", "pcm")
 
 
+MAX_EMOTION_VECTOR_CHARS = 512  # 8 numbers with room for spaces and digits; also bounds JSON nesting
+
+
+def check_text(value: str) -> str:
+    """Text the front-end can take. Refused (not repaired) when it is not valid Unicode: a JSON body can
+    carry lone surrogates ("\\ud800"), which no tokenizer reads and no normaliser should guess at."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("holds characters that are not valid Unicode (lone surrogates); send UTF-8 text") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(check_text)]
+
+
 def parse_emotion_vector(value: Any) -> tuple[float, ...] | None:
     """'0,0,0.5,0,0,0,0,0' or '[0, 0, 0.5, ...]' (or a list) -> 8 floats in [0, 1] with sum <= 1."""
     if isinstance(value, list | tuple) and len(value) == 1:
         value = value[0]  # a form sends one string (FastAPI reads sequence fields as lists)
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    if isinstance(value, str) and len(value) > MAX_EMOTION_VECTOR_CHARS:
+        raise ValueError(f"must be 8 numbers, at most {MAX_EMOTION_VECTOR_CHARS} characters")
     items = value if isinstance(value, list | tuple) else None
     try:
         if items is None:
             text = str(value).strip()
             items = json.loads(text) if text.startswith("[") else text.split(",")
+        if not isinstance(items, list | tuple) or len(items) > 64:
+            raise ValueError
         numbers = [float(item) for item in items]
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise ValueError("must be 8 numbers, comma-separated or a JSON array") from None
     if len(numbers) != len(EMOTIONS):
         raise ValueError(f"must have {len(EMOTIONS)} weights ({', '.join(EMOTIONS)}), got {len(numbers)}")
@@ -56,7 +76,7 @@ class TtsForm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(description="Text to speak. 1 to MAX_TEXT_CHARS characters (2000 by default); cut into "
+    text: Text = Field(description="Text to speak. 1 to MAX_TEXT_CHARS characters (2000 by default); cut into "
                                   "segments of at most 120 tokens, joined with 200 ms of silence.")
     speaker_audio: UploadFile | None = Field(
         None, description="Reference voice: WAV, FLAC or OGG, at least 0.5 s, at most MAX_UPLOAD_BYTES (20 MiB "
@@ -117,7 +137,7 @@ class SpeechRequest(BaseModel):
 
     model: str = Field("indextts-2", max_length=64,
                        description="Accepted for compatibility; the service always runs IndexTTS-2.")
-    input: str = Field(description="Text to speak, 1 to MAX_TEXT_CHARS characters.")
+    input: Text = Field(description="Text to speak, 1 to MAX_TEXT_CHARS characters.")
     voice: str = Field(description="A registered voice name (POST /v1/voices).")
     response_format: str = Field("wav", description="wav (22.05 kHz 16-bit mono, streamed) or pcm (raw 16-bit "
                                                     "little-endian mono at 22.05 kHz). Others are refused (400).")

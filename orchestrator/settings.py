@@ -39,6 +39,9 @@ class Settings:
     max_upload_bytes: int = 20 * MIB  # per audio file
     max_text_chars: int = 2000
     max_text_tokens_per_segment: int = 120  # infer_v2's default; capped by the GPT's text positions
+    # Segments after normalisation (2000 digits read out one by one make ~80): each costs a GPT decode and
+    # an s2mel pass, so this bounds how long one request can hold the service.
+    max_text_segments: int = 20
 
     # --- Triton calls ------------------------------------------------------------------------------
     triton_timeout_s: float = 60.0  # one unary stage call
@@ -54,6 +57,7 @@ class Settings:
     sentry_environment: str = "production"
     sentry_traces_sample_rate: float = 0.0
     sentry_release: str = ""  # empty: "indextts2-orchestrator@<version>+models.<triton versions>"
+    warning_events_per_minute: int = 30  # per warning kind and process; more are counted, not sent
     # What the events say about the hardware. device empty: "gpu" or "cpu" from the instance kind Triton
     # gives gpt_decoder at start-up. gpu_model / gpu_total_memory empty: from `nvidia-smi` where the
     # orchestrator runs next to the GPU, else "unknown" (Triton's API does not name the GPU).
@@ -83,7 +87,7 @@ class Settings:
             if not getattr(self, name) > 0:
                 problems.append(f"{name.upper()} must be positive, got {getattr(self, name)}")
         for name in ("gpt_stream_every", "segment_concurrency", "conditioning_cache_size", "port",
-                     "speech_diffusion_steps"):
+                     "speech_diffusion_steps", "warning_events_per_minute", "max_text_segments"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.upper()} must be at least 1, got {getattr(self, name)}")
         if problems:

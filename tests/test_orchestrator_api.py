@@ -263,14 +263,20 @@ def test_no_event_holds_the_text_the_audio_or_credentials(client, transport):
     assert b"Bearer" not in wire
 
 
-def test_scrubber_removes_bodies_credentials_and_number_runs():
+def test_scrubber_keeps_only_allowlisted_request_metadata_and_removes_number_runs():
     event = {
-        "request": {"data": "text=hello", "cookies": {"a": "b"}, "query_string": "token=1",
-                    "headers": {"Authorization": "Bearer x", "X-Api-Key": "k", "User-Agent": "curl"}},
+        "request": {"method": "POST", "url": "http://127.0.0.1:8000/v1/tts?token=1", "data": "text=hello",
+                    "cookies": {"a": "b"}, "query_string": "token=1", "env": {"REMOTE_ADDR": "10.1.2.3"},
+                    "headers": {"Authorization": "Bearer x", "X-Api-Key": "k", "User-Agent": "curl",
+                                "X-Forwarded-For": "10.1.2.3", "X-Custom": "c", "Content-Type": "audio/wav",
+                                "content-length": "12"}},
+        "user": {"ip_address": "10.1.2.3"},
         "exception": {"values": [{"value": "bad text_ids [5, 17, 99, 3, 8, 12, 44, 71, 2]"}]},
     }
     scrubbed = scrub_event(event)
-    assert scrubbed["request"] == {"headers": {"User-Agent": "curl"}}
+    assert scrubbed["request"] == {"method": "POST", "url": "http://127.0.0.1:8000/v1/tts",
+                                   "headers": {"Content-Type": "audio/wav", "content-length": "12"}}
+    assert "user" not in scrubbed
     assert "17, 99" not in json.dumps(scrubbed)
 
 

@@ -12,14 +12,19 @@ quiet bins, see `kaldi_fbank`). What each one reproduces:
 - `mel_spectrogram`: the s2mel `mel_spectrogram` (reference mel for the CFM prompt).
 
 How infer_v2 prepares a reference prompt (`prompt_waveforms`): the file is loaded at 22050 Hz and
-cut to 15 s; the 16 kHz copy is resampled from that 22050 Hz copy. (The official loader resamples the
-file with librosa's soxr; we use the sinc resampler throughout, so that first step differs slightly.)
+cut to 15 s; the 16 kHz copy is resampled from that 22050 Hz copy. An emotion prompt is loaded at
+16 kHz directly and cut to 15 s (`emotion_waveform`). (The official loader resamples the file with
+librosa's soxr; we use the sinc resampler throughout, so that first step differs slightly.)
+
+Uploads are untrusted: `decode_audio` reads the header first, refuses odd rates and channel counts, and
+decodes only the first 16 s (the 15 s used plus a margin), so no file can make it hold more.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,36 +36,109 @@ MAX_PROMPT_SECONDS = 15.0
 S2MEL_SAMPLE_RATE = 22050
 FEATURE_SAMPLE_RATE = 16000
 
+# What an upload may declare in its header. Outside this the file is refused before any sample is decoded:
+# a 1 Hz header on a small WAV would otherwise stand for hours of audio.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192_000
+MAX_CHANNELS = 8  # 7.1 surround; every channel is read (then averaged), so this bounds the work per frame
+# Decoded past the 15 s the service uses: one second, far more than the resampling filters reach, so the
+# kept output samples equal those of resampling the whole file.
+DECODE_MARGIN_SECONDS = 1.0
+# The longest upload accepted, by its header: a minute is more than any reference recording needs (only
+# 15 s are used), and refusing longer files turns an hour of compressed silence into a clear 422.
+MAX_DECLARED_SECONDS = 60.0
+_DECODE_BLOCK_FRAMES = 65536  # frames read (all channels) per step of the streaming decode
+
 # torch.finfo(torch.float32).eps: the floor torchaudio and transformers put under the mel energies.
 _FLOAT32_EPS = 1.1920928955078125e-07
-# The largest resampling kernel (output phases x taps) we build; real sample-rate pairs need < 1e6.
-_MAX_RESAMPLE_KERNEL = 16_000_000
+# The largest resampling kernel (output phases x taps) we build: 8 MB of float64. Every common rate pair
+# (8 to 192 kHz into 22.05 or 16 kHz) needs under 3e5; odd rates such as 44101 Hz would need 1e9.
+_MAX_RESAMPLE_KERNEL = 1_000_000
+_RESAMPLE_BLOCK_VALUES = 1_000_000  # input values gathered per matrix product (8 MB), bounds the peak
 
 
 class AudioDecodeError(ValueError):
-    """The uploaded bytes are not audio that soundfile can decode (or hold no samples)."""
+    """The uploaded bytes are not audio this front-end accepts; `limit` names the limit it broke, if any."""
+
+    def __init__(self, message: str, limit: str | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
-def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """Encoded audio (WAV, FLAC, OGG/Vorbis, ... whatever libsndfile reads) -> (samples, sample_rate).
+@dataclass(frozen=True)
+class DecodedAudio:
+    """The decoded start of an upload: mono float32 `samples` (at most the `max_seconds` asked for) and
+    the whole file's length as its header declares it (`declared_seconds`), of which only the start was
+    decoded."""
 
-    Samples are float32 mono, channels averaged as librosa.load does. Integer PCM comes out in
-    [-1, 1); float files are passed through unchanged (the official loader does not clip either).
+    samples: np.ndarray
+    sample_rate: int
+    declared_seconds: float
+
+
+def decode_audio(data: bytes, max_seconds: float = MAX_PROMPT_SECONDS + DECODE_MARGIN_SECONDS) -> DecodedAudio:
+    """Encoded audio (WAV, FLAC, OGG/Vorbis, ... whatever libsndfile reads) -> its first `max_seconds`.
+
+    The header is read first: a sample rate outside [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE], more than
+    MAX_CHANNELS channels, a rate the resampler cannot convert or a length over MAX_DECLARED_SECONDS is
+    refused before decoding. Then only
+    the first `max_seconds` of frames are decoded, block by block, each block averaged to mono as
+    librosa.load does: memory stays bounded by `max_seconds` at the declared rate, whatever the file's
+    length or compression ratio. Integer PCM comes out in [-1, 1); float files are passed through unchanged
+    (the official loader does not clip either).
     """
     if not data:
         raise AudioDecodeError("empty audio data")
     try:
-        samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (soundfile.SoundFileError, RuntimeError, ValueError, TypeError) as error:
+        with soundfile.SoundFile(io.BytesIO(data)) as sound:
+            sample_rate, channels, frames = int(sound.samplerate), int(sound.channels), int(sound.frames)
+            check_audio_header(sample_rate, channels)
+            check_audio_length(frames, sample_rate)
+            wanted = int(max_seconds * sample_rate)
+            pieces, kept = [], 0
+            while kept < wanted:
+                block = sound.read(min(_DECODE_BLOCK_FRAMES, wanted - kept), dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                mono = block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0].copy()
+                if not np.all(np.isfinite(mono)):
+                    raise AudioDecodeError("the audio holds NaN or infinite samples")
+                pieces.append(mono)
+                kept += mono.shape[0]
+    except (soundfile.SoundFileError, RuntimeError, TypeError) as error:
         # libsndfile's own words, without the repr of the in-memory stream
         reason = getattr(error, "error_string", None) or str(error)
         raise AudioDecodeError(f"cannot decode audio ({len(data)} bytes): {reason}") from None
-    if samples.shape[0] == 0:
+    if kept == 0:
         raise AudioDecodeError("the audio holds no samples")
-    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
-    if not np.all(np.isfinite(mono)):
-        raise AudioDecodeError("the audio holds NaN or infinite samples")
-    return np.ascontiguousarray(mono, dtype=np.float32), int(sample_rate)
+    samples = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    # The header's frame count, where it gives a plausible one (a stream may not know its length).
+    declared_frames = frames if kept <= frames < 2**62 else kept
+    return DecodedAudio(np.ascontiguousarray(samples, dtype=np.float32), sample_rate, declared_frames / sample_rate)
+
+
+def check_audio_length(declared_frames: int, sample_rate: int) -> None:
+    if 0 < declared_frames < 2**62 and declared_frames / sample_rate > MAX_DECLARED_SECONDS:
+        raise AudioDecodeError(
+            f"the audio is {declared_frames / sample_rate:.1f} s long; at most {MAX_DECLARED_SECONDS:.0f} s is "
+            f"accepted (only the first {MAX_PROMPT_SECONDS:.0f} s are used)", limit=f"<= {MAX_DECLARED_SECONDS:.0f} s",
+        )
+
+
+def check_audio_header(sample_rate: int, channels: int) -> None:
+    """Raise AudioDecodeError (with the limit) for a header this front-end does not take."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioDecodeError(f"sample rate {sample_rate} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz",
+                               limit=f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioDecodeError(f"{channels} channels; at most {MAX_CHANNELS} are accepted",
+                               limit=f"1 to {MAX_CHANNELS} channels")
+    for target in (S2MEL_SAMPLE_RATE, FEATURE_SAMPLE_RATE):
+        if resampling_kernel_size(sample_rate, target) > _MAX_RESAMPLE_KERNEL:
+            raise AudioDecodeError(
+                f"sample rate {sample_rate} Hz cannot be converted to {target} Hz (the rates share too small a "
+                "factor); use a common rate such as 16000, 22050, 44100 or 48000 Hz",
+                limit="a common sample rate (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, ... Hz)",
+            )
 
 
 def _as_waveform(wav: np.ndarray) -> np.ndarray:
@@ -88,13 +166,10 @@ def resample(
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
     if orig_sr == new_sr:
         return wav.astype(np.float32)
-    gcd = math.gcd(orig_sr, new_sr)
-    orig, new = orig_sr // gcd, new_sr // gcd
-    base_freq = min(orig, new) * rolloff
-    width = math.ceil(lowpass_filter_width * orig / base_freq)
-    taps = 2 * width + orig
-    if new * taps > _MAX_RESAMPLE_KERNEL:
+    if resampling_kernel_size(orig_sr, new_sr, lowpass_filter_width, rolloff) > _MAX_RESAMPLE_KERNEL:
         raise ValueError(f"cannot resample {orig_sr} Hz -> {new_sr} Hz: the rates share too small a factor")
+    orig, new, width, base_freq = _resampling_geometry(orig_sr, new_sr, lowpass_filter_width, rolloff)
+    taps = 2 * width + orig
 
     # t[j, k]: distance, in input periods scaled to the cut-off, from output phase j to input tap k.
     t = (np.arange(-width, width + orig) / orig)[None, :] - (np.arange(new) / new)[:, None]
@@ -103,29 +178,59 @@ def resample(
     t = t * math.pi
     safe_t = np.where(t == 0, 1.0, t)
     sinc = np.where(t == 0, 1.0, np.sin(safe_t) / safe_t)
-    kernel = sinc * window * (base_freq / orig)  # (new, taps)
+    kernel_t = (sinc * window * (base_freq / orig)).T  # (taps, new)
 
     padded = np.pad(wav, (width, width + orig))
-    periods = np.lib.stride_tricks.sliding_window_view(padded, taps)[::orig]  # (num_periods, taps)
-    out = (periods @ kernel.T).reshape(-1)
+    periods = np.lib.stride_tricks.sliding_window_view(padded, taps)[::orig]  # (num_periods, taps), a view
+    # The product gathers its input into a dense (rows, taps) matrix: a block of periods at a time keeps
+    # that copy small (at 40 taps per period of 3 samples, the whole input at once is 13x its size).
+    rows = max(1, _RESAMPLE_BLOCK_VALUES // taps)
+    out = np.empty((periods.shape[0], new))
+    for start in range(0, periods.shape[0], rows):
+        out[start : start + rows] = periods[start : start + rows] @ kernel_t
     target_length = -(-new * wav.shape[0] // orig)
-    return out[:target_length].astype(np.float32)
+    return out.reshape(-1)[:target_length].astype(np.float32)
+
+
+def _resampling_geometry(
+    orig_sr: int, new_sr: int, lowpass_filter_width: int, rolloff: float
+) -> tuple[int, int, int, float]:
+    """(input samples per period, output samples per period, filter half-width in input samples, cut-off)."""
+    gcd = math.gcd(orig_sr, new_sr)
+    orig, new = orig_sr // gcd, new_sr // gcd
+    base_freq = min(orig, new) * rolloff
+    return orig, new, math.ceil(lowpass_filter_width * orig / base_freq), base_freq
+
+
+def resampling_kernel_size(orig_sr: int, new_sr: int, lowpass_filter_width: int = 6, rolloff: float = 0.99) -> int:
+    """Output phases x taps of the kernel `resample` builds for this pair of rates (0 for equal rates)."""
+    if orig_sr == new_sr:
+        return 0
+    orig, new, width, _ = _resampling_geometry(orig_sr, new_sr, lowpass_filter_width, rolloff)
+    return new * (2 * width + orig)
 
 
 def prompt_waveforms(
     samples: np.ndarray, sample_rate: int, max_seconds: float = MAX_PROMPT_SECONDS
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A decoded reference prompt -> (wav_22k, wav_16k) float32, as infer_v2 prepares the speaker prompt:
-    resample to 22050 Hz, keep the first `max_seconds`, resample that to 16 kHz.
-
-    (infer_v2 loads a separate emotion prompt directly at 16 kHz and cuts it to 15 s:
-    `resample(samples, sr, 16000)[: 15 * 16000]`.)
-    """
-    # Cut the input first (with a second of margin, far more than the filter reaches) so that a long
-    # upload is not resampled whole; the kept output samples are the same.
-    samples = _as_waveform(samples)[: int((max_seconds + 1.0) * sample_rate)]
+    """A decoded speaker prompt -> (wav_22k, wav_16k) float32, as infer_v2 prepares it: resample to
+    22050 Hz, keep the first `max_seconds`, resample that to 16 kHz."""
+    samples = _first_seconds(samples, sample_rate, max_seconds)
     wav_22k = resample(samples, sample_rate, S2MEL_SAMPLE_RATE)[: int(max_seconds * S2MEL_SAMPLE_RATE)]
     return wav_22k, resample(wav_22k, S2MEL_SAMPLE_RATE, FEATURE_SAMPLE_RATE)
+
+
+def emotion_waveform(samples: np.ndarray, sample_rate: int, max_seconds: float = MAX_PROMPT_SECONDS) -> np.ndarray:
+    """A decoded emotion prompt -> wav_16k float32, as infer_v2 prepares it: loaded directly at 16 kHz and
+    cut to `max_seconds` (no 22050 Hz step, unlike the speaker prompt)."""
+    samples = _first_seconds(samples, sample_rate, max_seconds)
+    return resample(samples, sample_rate, FEATURE_SAMPLE_RATE)[: int(max_seconds * FEATURE_SAMPLE_RATE)]
+
+
+def _first_seconds(samples: np.ndarray, sample_rate: int, max_seconds: float) -> np.ndarray:
+    """Cut the input before resampling (with DECODE_MARGIN_SECONDS of margin, far more than the filter
+    reaches), so that a long input is never resampled whole; the kept output samples are the same."""
+    return _as_waveform(samples)[: int((max_seconds + DECODE_MARGIN_SECONDS) * sample_rate)]
 
 
 def _kaldi_mel_banks(
