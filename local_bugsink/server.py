@@ -40,6 +40,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+# Standard library only as well; shared with the Triton launcher. process_group_members is public here too.
+from local_triton.process_group import GroupGuard, process_group_members, signal_process_group
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -261,6 +264,7 @@ class BugsinkServer:
         self._project_id: int | None = None
         self._sentry_key: str | None = None
         self._process: subprocess.Popen | None = None
+        self._guard: GroupGuard | None = None
         self._atexit_registered = False
 
     # --- properties -------------------------------------------------------------------------------
@@ -534,6 +538,9 @@ class BugsinkServer:
                 command, cwd=self._data_dir, env=self._environment(self._data_dir),
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
             )
+        # If this process goes without stop() (SIGKILL, ...), the guard kills gunicorn and its workers:
+        # a worker alone would notice its dead master only at its next poll, 15 s later.
+        self._guard = GroupGuard(self._process.pid, name="local-bugsink-guard")
 
     def _wait_until_ready(self, deadline: float) -> None:
         url = f"{self.base_url}/health/ready"
@@ -563,7 +570,7 @@ class BugsinkServer:
             return
         group = process.pid  # the leader of its own session
         if not force:
-            _signal_group(group, signal.SIGTERM)
+            signal_process_group(group, signal.SIGTERM)
             try:
                 process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
@@ -572,11 +579,14 @@ class BugsinkServer:
             while process_group_members(group) and time.monotonic() < stop_at:
                 time.sleep(0.05)
         if process_group_members(group) or process.poll() is None:
-            _signal_group(group, signal.SIGKILL)
+            signal_process_group(group, signal.SIGKILL)
             process.wait()
             stop_at = time.monotonic() + grace_s
             while process_group_members(group) and time.monotonic() < stop_at:
                 time.sleep(0.05)
+        if self._guard is not None:
+            self._guard.release()
+            self._guard = None
 
     # --- events -----------------------------------------------------------------------------------
 
@@ -636,35 +646,3 @@ def _checkpoint(database: Path) -> None:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         connection.close()
-
-
-def _signal_group(group: int, signum: int) -> None:
-    try:
-        os.killpg(group, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def process_group_members(group: int) -> list[int]:
-    """Live (not zombie) processes of process group `group`."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(group, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [group]
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split after the last ")".
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) >= 3 and fields[0] != "Z" and int(fields[2]) == group:
-            members.append(int(entry.name))
-    return members
-

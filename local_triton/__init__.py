@@ -11,12 +11,14 @@ from local_triton.launcher import (
     python_library_dir,
     server_environment,
 )
+from local_triton.supervisor import TritonSupervisor
 
 __all__ = [
     "LocalTritonServer",
     "TritonInstallation",
     "TritonNotInstalledError",
     "TritonStartError",
+    "TritonSupervisor",
     "build_backend_directory",
     "find_free_port",
     "find_triton_installation",

@@ -7,7 +7,8 @@ ONNX files with the onnxruntime package), so a model whose config says `backend:
 works unchanged here and under a stock Triton container.
 
 `LocalTritonServer` runs the server on 127.0.0.1 with free ports, waits until it is ready and stops
-it (with its stub processes) reliably. It is meant for tests and local development.
+it (with its stub processes) reliably, also when this process is killed (process_group.GroupGuard);
+`restart()` brings a dead server back on the same ports. It is meant for tests and local development.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
+
+from local_triton.process_group import GroupGuard, wait_until_group_gone
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -226,6 +229,7 @@ class LocalTritonServer:
         # A temporary folder for whatever was not given (backend directory, log), removed by stop().
         self._workdir: Path | None = None
         self._process: subprocess.Popen | None = None
+        self._guard: GroupGuard | None = None
         self._shm_prefix = ""
 
     # --- properties -------------------------------------------------------------------------------
@@ -261,6 +265,12 @@ class LocalTritonServer:
     @property
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code of a server that exited by itself (negative: killed by that signal); None while
+        it runs or before it started."""
+        return self._process.poll() if self._process is not None else None
 
     @property
     def log_path(self) -> Path | None:
@@ -308,9 +318,7 @@ class LocalTritonServer:
         if not self.model_repository.is_dir():
             raise TritonStartError(f"model repository {self.model_repository} is not a directory")
         installation = find_triton_installation()
-        _check_numpy_below_2()
-        env = server_environment()
-        env.update(self.environment)
+        env = self._server_environment()
         if self._workdir is None and (self._backend_directory is None or self._log_path is None):
             self._workdir = Path(tempfile.mkdtemp(prefix="local_triton_"))
         # Also after a failed start: the temporary folder goes when the interpreter exits.
@@ -342,6 +350,30 @@ class LocalTritonServer:
                     continue
                 raise
         return self
+
+    def restart(self, timeout_s: float = 60) -> Self:
+        """Start the server again on the ports it had, so clients keep their URL. What is left of the old
+        one goes first: the process if it still runs or was never reaped, the stubs a killed server
+        orphans, their shared memory. The old log is kept as `<log>.previous`. Raises TritonStartError
+        as start() does; call it again to retry."""
+        if not self._ports:
+            return self.start(timeout_s)
+        self._terminate()
+        if self._log_path is not None and self._log_path.exists():
+            self._log_path.replace(self._log_path.with_name(self._log_path.name + ".previous"))
+        self._launch(find_triton_installation(), self._server_environment())
+        try:
+            self._wait_until_ready(time.monotonic() + timeout_s)
+        except TritonStartError:
+            self._terminate()
+            raise
+        return self
+
+    def _server_environment(self) -> dict[str, str]:
+        _check_numpy_below_2()
+        env = server_environment()
+        env.update(self.environment)
+        return env
 
     def _command(self, installation: TritonInstallation) -> list[str]:
         command = [
@@ -386,6 +418,8 @@ class LocalTritonServer:
                 cwd=str(self.model_repository),
                 start_new_session=True,
             )
+        self._guard = GroupGuard(self._process.pid, name="local-triton-guard",
+                                 remove_prefix=f"/dev/shm/{self._shm_prefix}")
 
     def _wait_until_ready(self, deadline: float) -> None:
         url = f"http://127.0.0.1:{self._ports['http']}/v2/health/ready"
@@ -433,9 +467,14 @@ class LocalTritonServer:
         except (ProcessLookupError, PermissionError):
             pass
         process.wait()
+        # A restart must not overlap with the old stubs, nor a test find them: wait until they are gone.
+        wait_until_group_gone(process.pid, timeout_s=10)
         # Shared-memory regions of stubs that were killed (after a clean exit there are none).
         for region in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
             region.unlink(missing_ok=True)
+        if self._guard is not None:
+            self._guard.release()
+            self._guard = None
         self._process = None
 
     def __enter__(self) -> Self:

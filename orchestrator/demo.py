@@ -6,6 +6,10 @@
 2. starts the local tritonserver (nvidia-pytriton's binary) on that repository, on free ports;
 3. runs the service on HOST:PORT (127.0.0.1:8000 by default) against it until Ctrl-C.
 
+A tritonserver that dies is restarted on the same ports (local_triton.TritonSupervisor: backoff, a log
+line, one Sentry warning per death). Whatever way this process ends, SIGKILL included, tritonserver with
+its stub processes and Bugsink end with it (local_triton/process_group.py).
+
 Every other setting comes from the environment as for `python -m orchestrator` (SENTRY_DSN, ...); the
 registered voices go to build/demo/voices unless VOICES_DIR says otherwise. The demo networks are
 random: the speech is noise-like, but every stage, error path and report is the real one.
@@ -23,12 +27,13 @@ import signal
 import sys
 from pathlib import Path
 
+import sentry_sdk
 import uvicorn
 
 from export.repository import COMMITTED_REPOSITORY, export_repository
 from indextts2.presets import write_demo_checkpoint
 from local_bugsink import BugsinkServer, BugsinkStartError
-from local_triton import LocalTritonServer, TritonStartError
+from local_triton import LocalTritonServer, TritonStartError, TritonSupervisor
 from orchestrator.app import create_app
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.testing import speech_like_wav
@@ -73,6 +78,11 @@ def write_example_speaker(path: Path) -> None:
         path.write_bytes(speech_like_wav(6.0))
 
 
+def report_triton_death(message: str) -> None:
+    """One warning event per death of tritonserver (create_app has initialised Sentry in this process)."""
+    sentry_sdk.capture_message(message, level="warning", tags={"stage": "tritonserver"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--build-dir", type=Path, default=REPO_ROOT / "build" / "demo")
@@ -102,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "SENTRY_DSN": settings.sentry_dsn, "SENTRY_ENVIRONMENT": settings.sentry_environment,
         "SENTRY_TRACES_SAMPLE_RATE": str(settings.sentry_traces_sample_rate),
     })
+    supervisor = TritonSupervisor(server, on_death=report_triton_death, start_timeout_s=300)
     try:
         try:
             server.start(timeout_s=300)
@@ -113,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             voices_dir=Path(os.environ.get("VOICES_DIR") or args.build_dir / "voices"),
         )
         base = f"http://{settings.host}:{settings.port}"
-        speaker = REPO_ROOT / "build" / "demo" / "speaker.wav"
+        speaker = args.build_dir / "speaker.wav"
         write_example_speaker(speaker)
-        print(f"tritonserver ready: grpc {server.grpc_url}, log {server.log_path}", flush=True)
+        print(f"tritonserver ready: pid {server.pid}, grpc {server.grpc_url}, log {server.log_path}", flush=True)
         print(f"service: {base}/docs", flush=True)
         print("try:\n"
               f"  curl -sS -o hello.wav -F text='Hello from IndexTTS-2 on Triton.' -F speaker_audio=@{speaker} "
@@ -123,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         # uvicorn re-raises SIGTERM once it has shut down; turn it into SystemExit so the servers
         # started above are stopped by the `finally` below, as they are on Ctrl-C.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        app = create_app(settings)
+        supervisor.start()  # after create_app, which initialises Sentry for the death reports
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     finally:
+        supervisor.stop()
         server.stop()
         if bugsink is not None:
             bugsink.stop()
