@@ -1,8 +1,10 @@
 """The `gpt_decoder` engine: KV-cached continuous batching against the reference decoding loop and the
-official greedy codes, per-sequence sampling, streaming, cancellation, overload and failures."""
+official greedy codes, per-sequence sampling, streaming, one event queue for all requests,
+cancellation, deadlines, overload and failures."""
 
 from __future__ import annotations
 
+import queue
 import threading
 from pathlib import Path
 
@@ -331,6 +333,129 @@ def test_failed_decode_step_fails_its_sequences_and_the_engine_keeps_serving(gol
     after = engine.submit(request)
     engine.run_until_idle()
     assert after.result(timeout=0).codes.tolist() == run_alone(golden_model, request).codes.tolist()
+
+
+# --- one event queue for every request ----------------------------------------------------------------
+
+
+def test_engine_with_one_event_queue_puts_every_requests_events_there_in_order(demo_model):
+    requests = demo_requests(demo_model, max_codes=40)[:4]
+    for request, stream_every in zip(requests, (1, 4, 16, 7)):
+        request.stream_every = stream_every
+    events: queue.Queue = queue.Queue()
+    engine = DecoderEngine(demo_model, max_slots=2, max_waiting=2, events=events)
+    handles = [engine.submit(request) for request in requests]
+    engine.run_until_idle()
+
+    per_request: dict[str, list] = {request.request_id: [] for request in requests}
+    while not events.empty():
+        event = events.get_nowait()
+        per_request[event.request_id].append(event)
+    for request in requests:
+        stream = per_request[request.request_id]
+        alone = run_alone(demo_model, request)
+        assert [e.finished for e in stream] == [False] * (len(stream) - 1) + [True]
+        assert stream[-1].stop_reason == alone.stop_reason
+        assert all(len(e.codes) == request.stream_every for e in stream[:-2])
+        assert torch.cat([e.codes for e in stream]).tolist() == alone.codes.tolist()
+    # The handles still cancel, but reading events through them would steal other requests' events.
+    with pytest.raises(RuntimeError, match="one queue"):
+        handles[0].result(timeout=0)
+
+
+def test_cancel_from_another_thread_frees_the_slot_for_the_waiting_request(golden_model, gen):
+    events: queue.Queue = queue.Queue()
+    engine = DecoderEngine(golden_model, max_slots=1, max_waiting=1, events=events)
+    engine.start()
+    try:
+        longest = golden_model.max_mel_tokens - 1
+        engine.submit(golden_request(gen, SamplingConfig(max_codes=longest), request_id="long", stream_every=1))
+        engine.submit(golden_request(gen, SamplingConfig(max_codes=3), request_id="next", stream_every=1))
+        first = events.get(timeout=30)
+        assert first.request_id == "long" and not first.finished
+        assert engine.cancel("long")  # what the adapter's sender thread does for a client that went away
+        finals = {}
+        while len(finals) < 2:
+            event = events.get(timeout=30)
+            if event.finished:
+                finals[event.request_id] = event
+    finally:
+        engine.stop()
+    assert finals["long"].stop_reason == StopReason.CANCELLED
+    assert finals["next"].stop_reason == StopReason.MAX_CODES and finals["next"].offset == 3
+    assert engine.stats.total_prefills == 2
+
+
+# --- deadlines -------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A wall clock that tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_request_past_its_deadline_is_answered_at_once_and_never_takes_a_slot(golden_model, gen):
+    clock = FakeClock()
+    engine = DecoderEngine(golden_model, max_slots=1, clock=clock)
+    late = engine.submit(golden_request(gen, SamplingConfig(max_codes=5), deadline=clock.now - 0.25))
+    # No step was taken: the answer is already there.
+    result = late.result(timeout=0)
+    assert result.stop_reason == StopReason.DEADLINE and result.codes.numel() == 0
+    assert result.error.startswith("deadline exceeded before decoding started (the deadline passed 250 ms ago)")
+    assert not engine.has_work()
+    engine.run_until_idle()
+    assert engine.stats.total_prefills == 0
+
+    in_time = engine.submit(golden_request(gen, SamplingConfig(max_codes=5), deadline=clock.now + 1))
+    no_deadline = engine.submit(golden_request(gen, SamplingConfig(max_codes=5)))
+    engine.run_until_idle()
+    assert in_time.result(timeout=0).stop_reason == StopReason.MAX_CODES
+    assert no_deadline.result(timeout=0).stop_reason == StopReason.MAX_CODES
+
+
+def test_waiting_request_whose_deadline_passes_is_dropped_before_it_takes_a_slot(golden_model, gen):
+    clock = FakeClock()
+    engine = DecoderEngine(golden_model, max_slots=1, max_waiting=1, clock=clock)
+    longest = golden_model.max_mel_tokens - 1
+    running = engine.submit(golden_request(gen, SamplingConfig(max_codes=longest), request_id="running"))
+    waiting = engine.submit(golden_request(gen, SamplingConfig(max_codes=5), deadline=clock.now + 2))
+    engine.step()
+    clock.now += 3
+    engine.step()
+    result = waiting.result(timeout=0)
+    assert result.stop_reason == StopReason.DEADLINE
+    assert result.error.startswith("deadline exceeded before decoding started")
+    assert engine.num_waiting == 0 and engine.num_running == 1
+    assert engine.stats.total_prefills == 1  # only the running request was ever prefilled
+    # Its place in the queue is free again.
+    engine.submit(golden_request(gen, SamplingConfig(max_codes=5)))
+    engine.cancel("running")
+    engine.run_until_idle()
+    assert running.result(timeout=0).stop_reason == StopReason.CANCELLED
+
+
+def test_running_sequence_past_its_deadline_is_stopped_and_its_slot_freed(golden_model, gen):
+    clock = FakeClock()
+    engine = DecoderEngine(golden_model, max_slots=1, max_waiting=1, clock=clock)
+    longest = golden_model.max_mel_tokens - 1
+    running = engine.submit(golden_request(gen, SamplingConfig(max_codes=longest), deadline=clock.now + 10,
+                                           stream_every=3))
+    waiting = engine.submit(golden_request(gen, SamplingConfig(max_codes=5)))
+    for _ in range(3):
+        engine.step()  # 4 codes: one chunk of 3 sent, 1 pending
+    clock.now += 10.5
+    engine.step()
+    result = running.result(timeout=0)
+    assert result.stop_reason == StopReason.DEADLINE and len(result.codes) == 4  # the pending code too
+    assert result.error.startswith("deadline exceeded after 4 codes (the deadline passed 500 ms ago)")
+    assert engine.stats.prefill_counts[-1] == 1  # the waiting request took the freed slot in that step
+    engine.run_until_idle()
+    assert waiting.result(timeout=0).stop_reason == StopReason.MAX_CODES
 
 
 # --- the background thread -------------------------------------------------------------------------

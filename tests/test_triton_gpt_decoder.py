@@ -1,12 +1,15 @@
 """The gpt_decoder model served by a real local tritonserver: codes stream out over gRPC, equal to the
-engine's own decoding; concurrent streams each get their codes; cancellation frees the slot; a full
-decoder refuses with "overloaded" instead of hanging."""
+engine's own decoding; concurrent streams each get their codes; a client that goes away frees its
+slot; a request past its deadline is answered "deadline exceeded" without taking a slot, and a running
+one is stopped; a full decoder refuses with "overloaded" instead of hanging; one sender thread serves
+every request."""
 
 from __future__ import annotations
 
 import queue
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,7 +45,7 @@ def _inputs(latents, emovec, text_ids, **scalars):
               "text_ids": np.asarray(text_ids, dtype=np.int64)}
     dtypes = {"do_sample": np.bool_, "temperature": np.float32, "top_k": np.int32, "top_p": np.float32,
               "repetition_penalty": np.float32, "max_codes": np.int32, "min_codes": np.int32, "seed": np.int64,
-              "stream_every": np.int32}
+              "stream_every": np.int32, "deadline_unix_ms": np.int64}
     arrays.update({name: np.array([value], dtype=dtypes[name]) for name, value in scalars.items()})
     tensors = []
     for name, array in arrays.items():
@@ -63,7 +66,7 @@ def _stream(url: str, model: str, inputs, cancel_after_first: bool = False, time
     while time.monotonic() < deadline:
         result, failure = responses.get(timeout=timeout)
         if failure is not None:
-            error = str(failure)
+            error = failure.message()
             break
         count += 1
         codes.append(result.as_numpy("semantic_codes"))
@@ -158,23 +161,98 @@ def test_full_decoder_refuses_at_once_with_overloaded(decoder_server, conditioni
     assert len(errors) == 1 and "overloaded" in errors[0]
 
 
-def test_cancelled_stream_frees_its_slot(decoder_server, conditioning):
+def _never_ending(latents, emovec, **scalars):
+    """A request that gpt_decoder_one_slot would decode for minutes (its GPT never stops)."""
+    return _inputs(latents, emovec, [5, 6], do_sample=False, repetition_penalty=1.0, max_codes=LONG_MAX_CODES,
+                   stream_every=1, **scalars)
+
+
+def _unix_ms(seconds_from_now: float) -> int:
+    return int((time.time() + seconds_from_now) * 1000)
+
+
+def test_client_that_goes_away_mid_stream_frees_its_slot_for_the_next_request(decoder_server, conditioning):
     _, latents, emovec = conditioning
-    # A greedy request that would run for LONG_MAX_CODES codes (many seconds), cancelled by the client
-    # after its first chunk.
-    long_request = _inputs(latents, emovec, [5, 6], do_sample=False, repetition_penalty=1.0,
-                           max_codes=LONG_MAX_CODES, stream_every=1)
-    _, _, reason, _, _ = _stream(decoder_server.grpc_url, "gpt_decoder_one_slot", long_request,
-                                 cancel_after_first=True)
+    url = decoder_server.grpc_url
+    # The first client reads one chunk of a request that would run for minutes, then closes its stream.
+    _, _, reason, _, _ = _stream(url, "gpt_decoder_one_slot", _never_ending(latents, emovec), cancel_after_first=True)
     assert reason == "client-cancelled"
-    # Were it still running, the next request would wait in the queue for minutes; once the
-    # cancellation has reached the engine, it is served at once.
-    short = _inputs(latents, emovec, [5, 6], do_sample=False, max_codes=3)
+    # Had the first request kept the only slot, this one would wait in the queue for minutes; once the
+    # sender thread has seen the cancellation (within 50 ms) and the engine stepped, it runs.
+    started = time.monotonic()
     try:
-        _, _, reason, error, _ = _stream(decoder_server.grpc_url, "gpt_decoder_one_slot", short, timeout=30)
+        codes, _, reason, _, _ = _stream(url, "gpt_decoder_one_slot", _never_ending(latents, emovec),
+                                         cancel_after_first=True, timeout=10)
     except queue.Empty:
-        pytest.fail("the cancelled request still holds the decoder's only slot")
+        pytest.fail("the request of the client that went away still holds the decoder's only slot")
+    assert len(codes) == 1 and time.monotonic() - started < 10
+
+
+def test_request_past_its_deadline_gets_deadline_exceeded_at_once(decoder_server, conditioning):
+    _, latents, emovec = conditioning
+    started = time.monotonic()
+    codes, _, reason, error, _ = _stream(
+        decoder_server.grpc_url, "gpt_decoder",
+        _inputs(latents, emovec, [5, 6, 7], max_codes=40, deadline_unix_ms=_unix_ms(-1.0)), timeout=10,
+    )
+    assert error is not None and error.startswith("deadline exceeded before decoding started"), error
+    assert codes is None and reason is None
+    assert time.monotonic() - started < 5
+
+
+def test_running_request_past_its_deadline_is_stopped_and_frees_its_slot(decoder_server, conditioning):
+    _, latents, emovec = conditioning
+    url = decoder_server.grpc_url
+    codes, _, reason, error, _ = _stream(url, "gpt_decoder_one_slot",
+                                         _never_ending(latents, emovec, deadline_unix_ms=_unix_ms(1.5)), timeout=30)
+    assert error is not None and error.startswith("deadline exceeded after"), error
+    assert codes is not None and len(codes) >= 1  # it ran until its deadline
+    _, _, reason, error, _ = _stream(url, "gpt_decoder_one_slot",
+                                     _inputs(latents, emovec, [5, 6], do_sample=False, max_codes=3), timeout=10)
     assert error is None and reason == "max_codes"
+
+
+def _stub_threads(server, model: str) -> int:
+    """Threads of the Python backend stub process that runs `model` (a child of tritonserver)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            arguments = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == server.pid and f"/{model}/1/model.py".encode() in b" ".join(arguments):
+            return len(list((proc / "task").iterdir()))
+    raise AssertionError(f"no stub process of {model} under tritonserver {server.pid}")
+
+
+def _threads_while_streaming(server, inputs, count: int) -> int:
+    """Stub threads of gpt_decoder while `count` requests stream at once (each has sent a chunk)."""
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        for index in range(count):
+            client.async_stream_infer("gpt_decoder", inputs, request_id=str(index))
+        streaming: set[str] = set()
+        while len(streaming) < count:
+            result, error = responses.get(timeout=60)
+            assert error is None, error
+            streaming.add(result.get_response().id)
+        return _stub_threads(server, "gpt_decoder")
+    finally:
+        client.stop_stream(cancel_requests=True)
+
+
+def test_one_sender_thread_serves_any_number_of_requests(decoder_server, conditioning):
+    _, latents, emovec = conditioning
+    # Requests of 249 codes (the demo GPT's longest), read while all of them are still streaming.
+    inputs = _inputs(latents, emovec, [5, 6, 7], seed=3, max_codes=249, min_codes=249, stream_every=1)
+    one = _threads_while_streaming(decoder_server, inputs, count=1)
+    eight = _threads_while_streaming(decoder_server, inputs, count=8)
+    # A thread per request (the old adapter) would add seven.
+    assert eight == one, f"{one} threads for one request, {eight} for eight"
 
 
 def test_min_codes_input_gives_exactly_that_many_codes(decoder_server, conditioning):

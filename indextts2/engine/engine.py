@@ -2,8 +2,9 @@
 
 One engine owns one device's KV cache (`max_slots` sequences x `max_seq_len` tokens). Each step:
 
-    retire cancelled -> admit waiting into free slots -> prefill each admitted sequence (its first
-    code) -> ONE batched decode step for every running sequence -> emit chunks, retire finished ones
+    retire cancelled and expired (deadline passed) -> admit waiting into free slots -> prefill each
+    admitted sequence (its first code) -> ONE batched decode step for every running sequence -> emit
+    chunks, retire finished ones
 
 Requests join and leave the running batch between steps. Every step yields, per sequence, the code
 and the `final_norm` hidden state of that step's input token (the s2mel latent), so no second GPT
@@ -12,7 +13,8 @@ own `torch.Generator`: a sequence gets the same codes whatever it shares its ste
 
 Use it synchronously (`submit`, then `step()` / `run_until_idle()`: deterministic, for tests and
 benchmarks) or with its background thread (`start()` / `stop()`), which sleeps while idle.
-`submit` and `cancel` may be called from any thread.
+`submit` and `cancel` may be called from any thread. Events go to each request's handle, or, with
+`events=`, all onto that one queue (what a server's single response thread reads).
 
 Devices: CPU float32 by default; on CUDA float16 with the decode step in CUDA graphs (see runner.py).
 """
@@ -20,9 +22,11 @@ Devices: CPU float32 by default; on CUDA float16 with the decode step in CUDA gr
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ import torch
 from indextts2.config import load_config
 from indextts2.engine.cache import KVCacheManager
 from indextts2.engine.requests import (
+    DEADLINE_EXCEEDED,
     DecodeEvent,
     DecodeRequest,
     EngineClosedError,
@@ -107,6 +112,8 @@ class DecoderEngine:
     enough for the longest text and `max_mel_tokens` codes. max_prefills_per_step: admissions per
     step (None: as many as slots are free); a lower value bounds how long a burst of new requests
     holds up the running ones, at the cost of their own first code.
+    events: one queue for every request's events (then read them there, not from the handles);
+    None: each handle has its own. clock: the wall clock that request deadlines are compared with.
     """
 
     def __init__(
@@ -121,6 +128,8 @@ class DecoderEngine:
         dtype: torch.dtype | None = None,
         use_cuda_graphs: bool = True,
         stats_history: int = 10_000,
+        events: queue.Queue[DecodeEvent] | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         device = torch.device(device) if device is not None else next(model.parameters()).device
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
@@ -140,6 +149,8 @@ class DecoderEngine:
             self._runner = ModelRunner(model, self._cache, use_cuda_graphs)
         self._scheduler = Scheduler(max_slots, max_waiting)
         self.stats = EngineStats(stats_history)
+        self.events = events
+        self._clock = clock
         self._step_lock = threading.Lock()  # one step at a time, whoever calls it
         self._wakeup = threading.Condition()  # guards _closed/_stopping; wakes the engine thread
         self._closed = False
@@ -161,10 +172,15 @@ class DecoderEngine:
     # --- the caller's side ----------------------------------------------------------------------
 
     def submit(self, request: DecodeRequest) -> RequestHandle:
-        """Queue a request. A request that cannot be decoded gets a final ERROR event on its handle;
-        raises EngineOverloadedError when every slot is busy and the queue is full, EngineClosedError
-        after `stop()`."""
-        handle = RequestHandle(request.request_id, self.cancel)
+        """Queue a request. A request past its deadline gets a final DEADLINE event at once, one that
+        cannot be decoded a final ERROR event; raises EngineOverloadedError when every slot is busy
+        and the queue is full, EngineClosedError after `stop()`."""
+        handle = RequestHandle(request.request_id, self.cancel, self.events)
+        now = self._clock()
+        if request.deadline is not None and request.deadline < now:
+            message = self._deadline_message(request.deadline, now, codes=None)
+            handle._put(self._final_event(request.request_id, StopReason.DEADLINE, 0, message))
+            return handle
         try:
             sequence = self._new_sequence(request, handle)
         except Exception as error:  # noqa: BLE001 - anything wrong with one request is that request's error
@@ -212,6 +228,11 @@ class DecoderEngine:
         with self._step_lock, torch.inference_mode():
             for sequence in self._scheduler.take_cancelled():
                 self._finish(sequence, StopReason.CANCELLED)
+            now = self._clock()
+            for sequence in self._scheduler.take_expired(now):
+                codes = sequence.num_codes if sequence.slot >= 0 else None
+                message = self._deadline_message(sequence.request.deadline, now, codes)
+                self._finish(sequence, StopReason.DEADLINE, message)
 
             started = time.perf_counter()
             produced = 0
@@ -444,6 +465,13 @@ class DecoderEngine:
             sequence.slot = -1
         self._scheduler.retire(sequence)
         sequence.handle._put(self._final_event(sequence.request_id, reason, sequence.emitted, error))
+
+    @staticmethod
+    def _deadline_message(deadline: float, now: float, codes: int | None) -> str:
+        """codes: how many the sequence had produced; None: it had not started."""
+        late_ms = (now - deadline) * 1000
+        when = "before decoding started" if codes is None else f"after {codes} codes"
+        return f"{DEADLINE_EXCEEDED} {when} (the deadline passed {late_ms:.0f} ms ago)"
 
     def _final_event(self, request_id: str, reason: StopReason, total: int, error: str | None) -> DecodeEvent:
         return DecodeEvent(

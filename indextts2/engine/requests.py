@@ -1,10 +1,13 @@
 """What goes into the decoder engine and what comes out of it.
 
 A caller submits a `DecodeRequest` and gets a `RequestHandle`. The engine thread puts `DecodeEvent`s
-on the handle's thread-safe queue: chunks of codes with their latents, then exactly one final event
-that says why the sequence ended. Problems with one request (a wrong shape, a bad sampling value, an
-error while decoding it) arrive as a final event with `StopReason.ERROR`; only engine-wide conditions
-(`EngineOverloadedError`, `EngineClosedError`) are raised by `submit`.
+on a thread-safe queue: chunks of codes with their latents, then exactly one final event that says
+why the sequence ended. By default each handle has its own queue; an engine built with `events=`
+puts every request's events on that one queue instead (a server's single sender thread reads it and
+tells the requests apart by `request_id`). Problems with one request (a wrong shape, a bad sampling
+value, an error while decoding it) arrive as a final event with `StopReason.ERROR`, a passed deadline
+as one with `StopReason.DEADLINE`; only engine-wide conditions (`EngineOverloadedError`,
+`EngineClosedError`) are raised by `submit`.
 """
 
 from __future__ import annotations
@@ -29,10 +32,15 @@ class EngineClosedError(RuntimeError):
     """The engine was stopped; it takes no new requests."""
 
 
+# How the error of a `StopReason.DEADLINE` event begins (callers match on it).
+DEADLINE_EXCEEDED = "deadline exceeded"
+
+
 class StopReason(str, Enum):
     STOP_CODE = "stop_code"  # the GPT produced the stop code (which is not part of the codes)
     MAX_CODES = "max_codes"  # `sampling.max_codes` codes were produced
     CANCELLED = "cancelled"  # `cancel(request_id)` was called
+    DEADLINE = "deadline"  # the request's deadline passed first; `error` starts with DEADLINE_EXCEEDED
     ERROR = "error"  # the request was invalid or decoding it failed; the event's `error` says why
     SHUTDOWN = "shutdown"  # the engine stopped before the sequence ended
 
@@ -49,6 +57,9 @@ class DecodeRequest:
     official codes; the latents then differ from the teacher-forced `forward` (the default trained
     positions make them equal, so no second GPT pass is needed).
     stream_every: a chunk event is emitted each time this many new codes are ready.
+    deadline: Unix time in seconds (`time.time()`) after which the caller no longer wants the result;
+    None: none. A request past it is not admitted, and a running one is stopped at the next step
+    (both end with `StopReason.DEADLINE`), so no compute is spent on an answer nobody waits for.
     """
 
     speaker_latents: torch.Tensor
@@ -58,6 +69,7 @@ class DecodeRequest:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     official_positions: bool = False
     stream_every: int = 16
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -91,21 +103,32 @@ class DecodeResult:
 
 
 class RequestHandle:
-    """The caller's side of one request: a queue of `DecodeEvent`s, read once.
+    """The caller's side of one request: a queue of `DecodeEvent`s, read once, and `cancel()`.
 
     Iterating blocks until the next event and ends after the final one. `result()` collects them all.
+    With `shared_events` (the engine's one queue for all requests) the events go there, and reading
+    them through the handle is refused: it would take other requests' events.
     """
 
-    def __init__(self, request_id: str, cancel: Callable[[str], bool]):
+    def __init__(
+        self, request_id: str, cancel: Callable[[str], bool], shared_events: queue.Queue[DecodeEvent] | None = None
+    ):
         self.request_id = request_id
-        self.events: queue.Queue[DecodeEvent] = queue.Queue()
+        self._shared = shared_events is not None
+        self.events: queue.Queue[DecodeEvent] = queue.Queue() if shared_events is None else shared_events
         self._cancel = cancel
+
+    def _own_events(self) -> queue.Queue[DecodeEvent]:
+        if self._shared:
+            raise RuntimeError("this engine puts every request's events on its one queue: read them there")
+        return self.events
 
     def get(self, timeout: float | None = None) -> DecodeEvent:
         """The next event; raises `queue.Empty` after `timeout` seconds."""
-        return self.events.get(timeout=timeout)
+        return self._own_events().get(timeout=timeout)
 
     def __iter__(self) -> Iterator[DecodeEvent]:
+        self._own_events()
         while True:
             event = self.events.get()
             yield event
@@ -114,6 +137,7 @@ class RequestHandle:
 
     def result(self, timeout: float | None = None) -> DecodeResult:
         """Wait for the final event and return everything; raises `TimeoutError` after `timeout` s."""
+        self._own_events()
         deadline = None if timeout is None else time.monotonic() + timeout
         chunks: list[DecodeEvent] = []
         while True:

@@ -4,6 +4,8 @@ Requests are admitted first come, first served, one per free KV cache slot. Subm
 bounded queue; `add` refuses at once (EngineOverloadedError) when running + waiting would exceed
 slots + queue size. Cancelling a waiting request removes it at once; cancelling a running one marks
 it, and the engine retires it at the next step boundary, which frees its slot for a waiting one.
+A request whose deadline has passed leaves the same way (`take_expired`): a waiting one never gets a
+slot, a running one is retired at the next boundary.
 
 `add` and `cancel` come from any thread; everything else runs on the engine thread. One lock guards
 the queues, so admission and submission never race.
@@ -94,6 +96,18 @@ class Scheduler:
             cancelled = [self._running[i] for i in self._cancel_requested if i in self._running]
             self._cancel_requested.clear()
             return cancelled
+
+    def take_expired(self, now: float) -> list[Sequence]:
+        """Sequences whose request deadline is before `now` (Unix seconds): waiting ones are removed
+        from the queue, running ones stay until the engine retires them."""
+        def expired(sequence: Sequence) -> bool:
+            return sequence.request.deadline is not None and sequence.request.deadline < now
+
+        with self._lock:
+            waiting = [s for s in self._waiting if expired(s)]
+            for sequence in waiting:
+                self._waiting.remove(sequence)
+            return [*waiting, *(s for s in self._running.values() if expired(s))]
 
     def admit(self, free_slots: int) -> list[Sequence]:
         """Move up to `free_slots` waiting sequences, oldest first, to running."""

@@ -1,24 +1,41 @@
 """Triton adapter for the GPT decoder engine: requests -> `DecodeRequest`s, engine events -> streamed
-responses. The engine (`indextts2.engine.DecoderEngine`) owns the KV cache, the scheduling and the
-decode loop on its own thread; `execute` only submits, and one sender thread per request streams its
-events back. Weights come from `1/weights/` (written by `python -m export`): config.yaml and gpt.pth.
+responses, and nothing else (vLLM's split). The engine (`indextts2.engine.DecoderEngine`) owns the KV
+cache, the scheduling and the decode loop on its own thread, and puts the events of every sequence on
+ONE queue. `execute` only submits. ONE sender thread, whatever the number of requests, drains that
+queue into the requests' response senders and, on a clock, asks Triton which clients went away and
+cancels their sequences, so their KV slots are free at the next engine step. A request refused
+before it reaches the engine (unparsable, overloaded) is answered by `execute` itself.
+
+Weights come from `1/weights/` (written by `python -m export`): config.yaml and gpt.pth.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from indextts2.engine import DecoderEngine, DecodeRequest, EngineOverloadedError, SamplingConfig, StopReason
+from indextts2.engine import (
+    DecodeEvent,
+    DecoderEngine,
+    DecodeRequest,
+    EngineOverloadedError,
+    SamplingConfig,
+    StopReason,
+)
 from indextts2.engine.telemetry import ModelTelemetry
+
+logger = logging.getLogger(__name__)
 
 # The official sampling defaults of infer_v2 (max 1500 codes, or fewer where the model's position
 # table is shorter).
@@ -28,12 +45,23 @@ FINISH_REASONS = {
     StopReason.STOP_CODE: "stop", StopReason.MAX_CODES: "max_codes", StopReason.CANCELLED: "cancelled",
     StopReason.SHUTDOWN: "cancelled",
 }
-# How often a sender thread looks at its request's cancellation flag while waiting for codes.
+# How often the sender thread asks Triton whether the clients in flight are still there.
 CANCEL_POLL_S = 0.05
+SENDER_THREAD_NAME = "gpt-decoder-sender"
 
 
 def _parameter(config: dict, key: str, default: str) -> str:
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+@dataclass
+class _InFlight:
+    """A request the engine accepted and the sender thread has not finished yet."""
+
+    request: Any  # pb_utils.InferenceRequest, kept for is_cancelled() until its final response
+    sender: Any  # its response sender
+    headers: dict[str, str]  # trace headers, for error reports
+    cancelled: bool = False  # its client went away and its engine sequence was cancelled
 
 
 class TritonPythonModel:
@@ -45,17 +73,23 @@ class TritonPythonModel:
         if device == "auto":
             device = "cuda" if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available() else "cpu"
         weights = Path(args["model_repository"]) / args["model_version"] / "weights"
+        self._events: queue.Queue[DecodeEvent | None] = queue.Queue()  # None: the sender thread stops
         self.engine = DecoderEngine.from_checkpoint_dir(
             weights,
             max_slots=int(_parameter(config, "max_slots", "16")),
             max_waiting=int(_parameter(config, "max_waiting", "64")),
             device=device,
             use_cuda_graphs=_parameter(config, "use_cuda_graphs", "true").lower() == "true",
+            events=self._events,
         )
         self.telemetry = ModelTelemetry(args["model_name"], args["model_version"], device)
         self.default_max_codes = min(DEFAULT_MAX_CODES, self.engine.model.max_mel_tokens - 1)
+        # Held while a request is submitted and registered, so its first event never finds it missing.
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, _InFlight] = {}
+        self._sender = threading.Thread(target=self._send_loop, name=SENDER_THREAD_NAME, daemon=True)
+        self._sender.start()
         self.engine.start()
-        self._senders: set[threading.Thread] = set()
 
     def execute(self, requests: list) -> None:
         for request in requests:
@@ -63,24 +97,21 @@ class TritonPythonModel:
             headers = ModelTelemetry.trace_headers(request)
             try:
                 decode_request = self._parse(request)
-                handle = self.engine.submit(decode_request)
+                with self._lock:
+                    self.engine.submit(decode_request)
+                    self._in_flight[decode_request.request_id] = _InFlight(request, sender, headers)
             except EngineOverloadedError as error:
                 # A full decoder is the caller's to report (it answers 503); it is not a model failure.
                 self._send_error(sender, f"overloaded: {error}")
-                continue
             except Exception as error:  # noqa: BLE001 - one bad request must not fail the others
                 self.telemetry.report(error, headers, self._metadata())
                 self._send_error(sender, f"invalid request: {error}")
-                continue
-            thread = threading.Thread(target=self._stream, args=(request, sender, handle, headers), daemon=True)
-            self._senders.add(thread)
-            thread.start()
 
     def finalize(self) -> None:
-        self.engine.stop()
+        self.engine.stop()  # every sequence still in flight gets its final (SHUTDOWN) event
+        self._events.put(None)
+        self._sender.join(timeout=10)
         self.telemetry.flush()
-        for thread in list(self._senders):
-            thread.join(timeout=5)
 
     def _parse(self, request) -> DecodeRequest:
         def optional(name: str):
@@ -101,6 +132,7 @@ class TritonPythonModel:
         min_codes = optional("min_codes")
         seed = optional("seed")
         stream_every = optional("stream_every")
+        deadline_unix_ms = optional("deadline_unix_ms")
         return DecodeRequest(
             speaker_latents=required("speaker_latents"),
             emotion_vector=required("emotion_vector"),
@@ -114,51 +146,85 @@ class TritonPythonModel:
             # Client request ids need not be unique across clients: the engine gets its own.
             request_id=uuid.uuid4().hex,
             stream_every=16 if stream_every is None else max(1, int(stream_every)),
+            deadline=None if deadline_unix_ms is None else int(deadline_unix_ms) / 1000.0,
         )
 
     def _metadata(self) -> dict:
         return {"batch_size": self.engine.num_running, "waiting": self.engine.num_waiting}
 
-    def _stream(self, request, sender, handle, headers: dict[str, str]) -> None:
-        try:
-            last_check = time.monotonic()
-            while True:
-                try:
-                    event = handle.events.get(timeout=CANCEL_POLL_S)
-                except queue.Empty:
-                    event = None
-                # Checked on a clock, not only when idle: a fast stream never leaves the queue empty.
-                if time.monotonic() - last_check >= CANCEL_POLL_S:
-                    last_check = time.monotonic()
-                    if request.is_cancelled():
-                        handle.cancel()
-                if event is None:
-                    continue
-                if event.finished and event.stop_reason == StopReason.ERROR:
-                    message = event.error or "decoding failed"
-                    self.telemetry.report(RuntimeError(message), headers, self._metadata())
-                    self._send_error(sender, message)
-                    return
-                tensors = [
-                    pb_utils.Tensor("semantic_codes", event.codes.numpy().astype(np.int64)),
-                    pb_utils.Tensor("code_latents", np.ascontiguousarray(event.latents.numpy(), dtype=np.float32)),
-                ]
-                if event.finished:
-                    reason = FINISH_REASONS.get(event.stop_reason, str(event.stop_reason))
-                    tensors.append(pb_utils.Tensor("finish_reason", np.array([reason.encode()], dtype=np.object_)))
-                    sender.send(pb_utils.InferenceResponse(output_tensors=tensors),
-                                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                    return
-                sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
-        except Exception as error:  # noqa: BLE001 - the client must get a final response whatever happens
-            self.telemetry.report(error, headers, self._metadata())
-            handle.cancel()
+    # --- the sender thread ----------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        next_check = time.monotonic() + CANCEL_POLL_S
+        while True:
             try:
-                self._send_error(sender, f"streaming failed: {error}")
-            except Exception:  # noqa: BLE001, S110 - the client is gone
+                event = self._events.get(timeout=max(0.0, next_check - time.monotonic()))
+            except queue.Empty:
                 pass
-        finally:
-            self._senders.discard(threading.current_thread())
+            else:
+                if event is None:
+                    return
+                self._send(event)
+            # On a clock, not only when idle: a busy engine never leaves the queue empty.
+            if time.monotonic() >= next_check:
+                self._cancel_gone_clients()
+                next_check = time.monotonic() + CANCEL_POLL_S
+
+    def _send(self, event: DecodeEvent) -> None:
+        with self._lock:
+            entry = (self._in_flight.pop if event.finished else self._in_flight.get)(event.request_id, None)
+        if entry is None:  # its client's stream already failed; the engine's final event comes after
+            return
+        try:
+            if event.finished and event.stop_reason in (StopReason.ERROR, StopReason.DEADLINE):
+                message = event.error or "decoding failed"
+                if event.stop_reason == StopReason.ERROR:  # a passed deadline is not a model failure
+                    self.telemetry.report(RuntimeError(message), entry.headers, self._metadata())
+                self._send_error(entry.sender, message)
+                return
+            tensors = [
+                pb_utils.Tensor("semantic_codes", event.codes.numpy().astype(np.int64)),
+                pb_utils.Tensor("code_latents", np.ascontiguousarray(event.latents.numpy(), dtype=np.float32)),
+            ]
+            if not event.finished:
+                entry.sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+                return
+            reason = FINISH_REASONS.get(event.stop_reason, str(event.stop_reason))
+            tensors.append(pb_utils.Tensor("finish_reason", np.array([reason.encode()], dtype=np.object_)))
+            entry.sender.send(pb_utils.InferenceResponse(output_tensors=tensors),
+                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as error:  # noqa: BLE001 - the sender thread serves every request: keep it alive
+            self._fail(event, entry, error)
+
+    def _fail(self, event: DecodeEvent, entry: _InFlight, error: Exception) -> None:
+        """A response could not be sent: end the sequence and give the client a final error."""
+        if not event.finished:
+            with self._lock:
+                self._in_flight.pop(event.request_id, None)
+            self.engine.cancel(event.request_id)
+        if entry.cancelled:  # sending to a client that went away may fail; nothing to report
+            logger.info("gpt_decoder: response to cancelled request %s not sent: %s", event.request_id, error)
+        else:
+            self.telemetry.report(error, entry.headers, self._metadata())
+        try:
+            self._send_error(entry.sender, f"streaming failed: {error}")
+        except Exception:  # noqa: BLE001, S110 - the client is gone
+            pass
+
+    def _cancel_gone_clients(self) -> None:
+        """Cancel the engine sequence of every request whose client went away (its slot frees at the
+        next step; the engine's final CANCELLED event then ends the request)."""
+        with self._lock:
+            waiting = [(request_id, entry) for request_id, entry in self._in_flight.items() if not entry.cancelled]
+        for request_id, entry in waiting:
+            try:
+                gone = entry.request.is_cancelled()
+            except Exception:  # a failed check must not stop the other requests' responses
+                logger.exception("gpt_decoder: is_cancelled() failed for request %s", request_id)
+                continue
+            if gone:
+                entry.cancelled = True
+                self.engine.cancel(request_id)
 
     @staticmethod
     def _send_error(sender, message: str) -> None:
