@@ -8,7 +8,7 @@ BUGSINK_VENV ?= .venv-bugsink
 # How local_bugsink (tests, `make serve`) finds that environment wherever BUGSINK_VENV puts it.
 export BUGSINK_PYTHON ?= $(abspath $(BUGSINK_VENV))/bin/python
 
-.PHONY: test serve bench env bugsink-env lint clean
+.PHONY: test serve bench env bugsink-env text-normalizer lint clean
 
 env: $(VENV)/.installed
 
@@ -36,18 +36,23 @@ $(BUGSINK_VENV)/.installed: local_bugsink/requirements.txt local_bugsink/bootstr
 	$(BUGSINK_VENV)/bin/python -m local_bugsink --bugsink-python $(abspath $(BUGSINK_VENV))/bin/python prepare
 	touch $@
 
-test: env bugsink-env
+# The text normaliser's Chinese FSTs, built with the official options (~2 s) into build/text_normalizer/,
+# from where the tests and the service load them (indextts2/frontend/normalizer.py); a no-op once there.
+text-normalizer: env
+	$(PYTHON) -m indextts2.frontend.normalizer
+
+test: env bugsink-env text-normalizer
 	$(PYTHON) -m pytest
 
 # The service on the demo preset: builds build/demo once (checkpoint + exported model repository), starts
 # the local tritonserver on it and serves the API on 127.0.0.1:8000 (HOST/PORT, SENTRY_DSN, ... apply).
-serve: env bugsink-env
+serve: env bugsink-env text-normalizer
 	$(PYTHON) -m orchestrator.demo
 
 # The served stack (tritonserver + orchestrator) against the eager one-request-at-a-time baseline, on the
 # demo and small presets at concurrency 1, 4, 16 (~15 min on 2 CPU cores); results in benchmarks/results/.
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--presets demo --concurrency 1 8".
-bench: env bugsink-env
+bench: env bugsink-env text-normalizer
 	$(PYTHON) -m benchmarks.run_benchmarks $(BENCH_ARGS)
 
 lint: env

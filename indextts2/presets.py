@@ -36,7 +36,7 @@ from indextts2.checkpoint_dir import (
     DEFAULT_W2V_BERT_DIR,
     CheckpointPaths,
 )
-from indextts2.frontend.text import train_demo_bpe
+from indextts2.frontend.demo_bpe import train_demo_bpe
 from indextts2.networks.bigvgan import bigvgan_official_checkpoint, build_bigvgan
 from indextts2.networks.campplus import CAMPPlus
 from indextts2.networks.gpt import build_gpt

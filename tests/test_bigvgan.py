@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.signal
 import torch
 from golden import load_golden, load_golden_config
 
 from indextts2.checkpoint import CheckpointError, fold_weight_norm, torch_load
 from indextts2.networks.bigvgan import (
     BigVGAN,
+    DownSample,
+    UpSample,
     bigvgan_official_checkpoint,
     build_bigvgan,
     kaiser_sinc_filter,
@@ -75,6 +78,69 @@ def test_computed_antialias_filters_equal_the_checkpoint_buffers(bigvgan_dir: Pa
     assert filters
     for key in filters:
         torch.testing.assert_close(generator[key], expected, rtol=0, atol=1e-7)
+
+
+def test_vocoder_with_computed_filters_matches_official_waveform(vocoder: BigVGAN, golden_tiny: Path) -> None:
+    computed = copy.deepcopy(vocoder)
+    for name, buffer in computed.named_buffers():
+        if name.endswith(".filter"):
+            buffer.copy_(kaiser_sinc_filter(cutoff=0.25, half_width=0.3, kernel_size=buffer.shape[-1]))
+    golden = load_golden(golden_tiny, "bigvgan")
+    with torch.no_grad():
+        wav = computed(torch.from_numpy(golden["mel"]))
+    np.testing.assert_allclose(wav.numpy(), golden["wav"], rtol=0, atol=CHAIN_TOLERANCE)
+
+
+# --- the anti-alias filter and the resampling around it ---
+
+
+def _gain_db(taps: np.ndarray, frequencies: np.ndarray) -> np.ndarray:
+    _, response = scipy.signal.freqz(taps, worN=frequencies, fs=1.0)
+    return 20 * np.log10(np.abs(response))
+
+
+def test_antialias_filter_is_a_symmetric_low_pass_with_unit_dc_gain() -> None:
+    taps = kaiser_sinc_filter(cutoff=0.25, half_width=0.3, kernel_size=12).view(-1).double().numpy()
+    assert taps.shape == (12,)
+    assert abs(taps.sum() - 1.0) < 1e-6  # a constant passes unchanged
+    np.testing.assert_array_equal(taps, taps[::-1])  # linear phase
+    # A windowed sinc has half its amplitude at the cut-off.
+    assert abs(10 ** (_gain_db(taps, np.array([0.25]))[0] / 20) - 0.5) < 0.01
+    assert np.all(np.abs(_gain_db(taps, np.linspace(0.0, 0.1, 50))) < 0.05)  # pass band within 0.05 dB
+    # The stop band reaches the attenuation the window's beta was chosen for (Kaiser's estimate, 51 dB).
+    designed_db = scipy.signal.kaiser_atten(12 // 2, 4 * 0.3)
+    assert designed_db > 50
+    assert np.all(_gain_db(taps, np.linspace(0.39, 0.5, 200)) <= -designed_db)
+
+
+def test_upsampling_and_downsampling_keep_a_constant() -> None:
+    constant = torch.full((1, 3, 9), 0.7)
+    torch.testing.assert_close(UpSample(3)(constant), torch.full((1, 3, 18), 0.7), rtol=0, atol=1e-6)
+    torch.testing.assert_close(DownSample(3)(torch.full((1, 3, 18), 0.7)), constant, rtol=0, atol=1e-6)
+
+
+def test_upsampling_interpolates_half_way_between_the_input_samples() -> None:
+    """x2: output n sits at input time (n - 0.5) / 2, so each input sample gets one output on each side."""
+    frequency = 0.03  # cycles per input sample, deep in the pass band
+    times = torch.arange(64, dtype=torch.float64)
+    x = torch.sin(2 * torch.pi * frequency * times).float().view(1, 1, -1)
+    expected = torch.sin(2 * torch.pi * frequency * (torch.arange(128, dtype=torch.float64) - 0.5) / 2)
+    up = UpSample(1)(x)[0, 0].double()
+    assert up.shape == (128,)
+    torch.testing.assert_close(up[16:-16], expected[16:-16], rtol=0, atol=5e-3)
+
+
+def test_downsampling_keeps_timing_and_removes_what_would_alias() -> None:
+    high_rate = torch.arange(256, dtype=torch.float64)
+    slow = torch.sin(2 * torch.pi * 0.015 * high_rate).float().view(1, 1, -1)
+    down = DownSample(1)(slow)[0, 0].double()
+    assert down.shape == (128,)
+    # Output m is centred where UpSample put input m: high-rate position 2m + 0.5.
+    expected = torch.sin(2 * torch.pi * 0.015 * (2 * torch.arange(128, dtype=torch.float64) + 0.5))
+    torch.testing.assert_close(down[8:-8], expected[8:-8], rtol=0, atol=5e-3)
+    # 0.45 cycles per high-rate sample is above the low rate's Nyquist (0.25): it is filtered out.
+    fast = torch.sin(2 * torch.pi * 0.45 * high_rate).float().view(1, 1, -1)
+    assert DownSample(1)(fast)[0, 0, 8:-8].abs().max().item() < 10 ** (-50 / 20)
 
 
 def test_output_is_clamped_to_unit_range_without_tanh(vocoder: BigVGAN, golden_tiny: Path) -> None:

@@ -1,20 +1,23 @@
 """Audio front-end of IndexTTS-2: decoding, resampling and the three feature extractors.
 
 Plain functions, no torchaudio or librosa: every one takes a 1-D numpy waveform (or (1, N)) and returns
-numpy arrays, float32 (masks int64). The arithmetic runs in float64 numpy, except the kaldi fbank, which
-runs in float32 torch operations because torchaudio does (its float32 rounding is visible in the log of
-quiet bins, see `kaldi_fbank`). What each one reproduces:
-- `resample`: torchaudio.functional.resample (windowed-sinc, Hann window, width 6, rolloff 0.99);
+numpy arrays, float32 (masks int64). What each one reproduces:
+- `soxr_resample`: the resampling inside librosa.load (the `soxr` package at its HQ quality, the length
+  fixed to ceil(N * new / old));
+- `resample`: torchaudio.functional.resample (windowed-sinc, Hann window, width 6, rolloff 0.99), in
+  float64 numpy;
 - `kaldi_fbank`: torchaudio.compliance.kaldi.fbank (25/10 ms Povey frames, DC removal, pre-emphasis
-  0.97, 512-point power spectrum, kaldi mel bank from 20 Hz, floor at float32 eps, log);
+  0.97, 512-point power spectrum, kaldi mel bank from 20 Hz, floor at float32 eps, log), in float32 torch
+  operations because torchaudio does (its float32 rounding is visible in the log of quiet bins);
 - `campplus_features`: the CAMPPlus input of infer_v2 (fbank of the [-1, 1] waveform minus its mean);
-- `seamless_m4t_features`: transformers' SeamlessM4TFeatureExtractor (the w2v-BERT 2.0 input);
-- `mel_spectrogram`: the s2mel `mel_spectrogram` (reference mel for the CFM prompt).
+- `seamless_m4t_features`: transformers' SeamlessM4TFeatureExtractor itself, with the w2v-BERT 2.0
+  config (the w2v-BERT input);
+- `mel_spectrogram`: the s2mel `mel_spectrogram` (reference mel for the CFM prompt), in float64 numpy.
 
-How infer_v2 prepares a reference prompt (`prompt_waveforms`): the file is loaded at 22050 Hz and
-cut to 15 s; the 16 kHz copy is resampled from that 22050 Hz copy. An emotion prompt is loaded at
-16 kHz directly and cut to 15 s (`emotion_waveform`). (The official loader resamples the file with
-librosa's soxr; we use the sinc resampler throughout, so that first step differs slightly.)
+How infer_v2 prepares a reference prompt (`prompt_waveforms`): librosa.load reads the file at 22050 Hz
+(soxr, `soxr_resample` here), that is cut to 15 s, and the 16 kHz copy is resampled from the 22050 Hz
+copy with torchaudio (`resample` here). An emotion prompt is loaded by librosa at 16 kHz directly (soxr)
+and cut to 15 s (`emotion_waveform`).
 
 Uploads are untrusted: `decode_audio` reads the header first, refuses odd rates and channel counts, and
 decodes only the first 16 s (the 15 s used plus a margin), so no file can make it hold more.
@@ -22,6 +25,7 @@ decodes only the first 16 s (the 15 s used plus a margin), so no file can make i
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import soundfile
+import soxr
 import torch
 import torch.nn.functional as F
 
@@ -40,8 +45,8 @@ FEATURE_SAMPLE_RATE = 16000
 # a 1 Hz header on a small WAV would otherwise stand for hours of audio.
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192_000
 MAX_CHANNELS = 8  # 7.1 surround; every channel is read (then averaged), so this bounds the work per frame
-# Decoded past the 15 s the service uses: one second, far more than the resampling filters reach, so the
-# kept output samples equal those of resampling the whole file.
+# Decoded past the 15 s the service uses: one second, far more than the resampling filters reach (soxr's
+# HQ filter spans a few ms), so the kept output samples equal those of resampling the whole file.
 DECODE_MARGIN_SECONDS = 1.0
 # The longest upload accepted, by its header: a minute is more than any reference recording needs (only
 # 15 s are used), and refusing longer files turns an hour of compressed silence into a clear 422.
@@ -50,10 +55,12 @@ _DECODE_BLOCK_FRAMES = 65536  # frames read (all channels) per step of the strea
 
 # torch.finfo(torch.float32).eps: the floor torchaudio and transformers put under the mel energies.
 _FLOAT32_EPS = 1.1920928955078125e-07
-# The largest resampling kernel (output phases x taps) we build: 8 MB of float64. Every common rate pair
-# (8 to 192 kHz into 22.05 or 16 kHz) needs under 3e5; odd rates such as 44101 Hz would need 1e9.
+# The largest kernel (output phases x taps) `resample` builds: 8 MB of float64. The service only converts
+# 22050 -> 16000 Hz with it (1.5e5); an odd pair such as 44101 -> 16000 Hz would need 1e9. Files at any
+# rate are converted by soxr, which has no such limit.
 _MAX_RESAMPLE_KERNEL = 1_000_000
 _RESAMPLE_BLOCK_VALUES = 1_000_000  # input values gathered per matrix product (8 MB), bounds the peak
+SOXR_QUALITY = "soxr_hq"  # librosa.load's default `res_type`
 
 
 class AudioDecodeError(ValueError):
@@ -79,8 +86,7 @@ def decode_audio(data: bytes, max_seconds: float = MAX_PROMPT_SECONDS + DECODE_M
     """Encoded audio (WAV, FLAC, OGG/Vorbis, ... whatever libsndfile reads) -> its first `max_seconds`.
 
     The header is read first: a sample rate outside [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE], more than
-    MAX_CHANNELS channels, a rate the resampler cannot convert or a length over MAX_DECLARED_SECONDS is
-    refused before decoding. Then only
+    MAX_CHANNELS channels or a length over MAX_DECLARED_SECONDS is refused before decoding. Then only
     the first `max_seconds` of frames are decoded, block by block, each block averaged to mono as
     librosa.load does: memory stays bounded by `max_seconds` at the declared rate, whatever the file's
     length or compression ratio. Integer PCM comes out in [-1, 1); float files are passed through unchanged
@@ -132,13 +138,7 @@ def check_audio_header(sample_rate: int, channels: int) -> None:
     if not 1 <= channels <= MAX_CHANNELS:
         raise AudioDecodeError(f"{channels} channels; at most {MAX_CHANNELS} are accepted",
                                limit=f"1 to {MAX_CHANNELS} channels")
-    for target in (S2MEL_SAMPLE_RATE, FEATURE_SAMPLE_RATE):
-        if resampling_kernel_size(sample_rate, target) > _MAX_RESAMPLE_KERNEL:
-            raise AudioDecodeError(
-                f"sample rate {sample_rate} Hz cannot be converted to {target} Hz (the rates share too small a "
-                "factor); use a common rate such as 16000, 22050, 44100 or 48000 Hz",
-                limit="a common sample rate (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, ... Hz)",
-            )
+    # Any rate in the range converts: soxr takes every rate pair (`soxr_resample`).
 
 
 def _as_waveform(wav: np.ndarray) -> np.ndarray:
@@ -148,6 +148,24 @@ def _as_waveform(wav: np.ndarray) -> np.ndarray:
     if wav.ndim != 1:
         raise ValueError(f"expected a mono waveform of shape (N,) or (1, N), got {wav.shape}")
     return wav.astype(np.float64)
+
+
+def soxr_resample(wav: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+    """Resampling as librosa.load(path, sr=new_sr) does it, the official loader's step from the file's
+    rate: soxr at librosa's default quality ("soxr_hq") on the float32 waveform, then cut or zero-padded
+    to ceil(N * new_sr / orig_sr) samples as librosa's fix_length does. Returns float32; equal rates
+    return the waveform unchanged, as librosa does.
+    """
+    wav = np.ascontiguousarray(_as_waveform(wav), dtype=np.float32)
+    orig_sr, new_sr = int(orig_sr), int(new_sr)
+    if orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
+    if orig_sr == new_sr:
+        return wav
+    # librosa's own length arithmetic (a float ratio), so a length it rounds up we round up too.
+    target_length = int(np.ceil(wav.shape[0] * (float(new_sr) / orig_sr)))
+    out = soxr.resample(wav, orig_sr, new_sr, quality=SOXR_QUALITY)[:target_length]
+    return np.pad(out, (0, target_length - out.shape[0]))
 
 
 def resample(
@@ -213,18 +231,18 @@ def resampling_kernel_size(orig_sr: int, new_sr: int, lowpass_filter_width: int 
 def prompt_waveforms(
     samples: np.ndarray, sample_rate: int, max_seconds: float = MAX_PROMPT_SECONDS
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A decoded speaker prompt -> (wav_22k, wav_16k) float32, as infer_v2 prepares it: resample to
-    22050 Hz, keep the first `max_seconds`, resample that to 16 kHz."""
+    """A decoded speaker prompt -> (wav_22k, wav_16k) float32, as infer_v2 prepares it: librosa.load to
+    22050 Hz (soxr), keep the first `max_seconds`, resample that to 16 kHz as torchaudio does."""
     samples = _first_seconds(samples, sample_rate, max_seconds)
-    wav_22k = resample(samples, sample_rate, S2MEL_SAMPLE_RATE)[: int(max_seconds * S2MEL_SAMPLE_RATE)]
+    wav_22k = soxr_resample(samples, sample_rate, S2MEL_SAMPLE_RATE)[: int(max_seconds * S2MEL_SAMPLE_RATE)]
     return wav_22k, resample(wav_22k, S2MEL_SAMPLE_RATE, FEATURE_SAMPLE_RATE)
 
 
 def emotion_waveform(samples: np.ndarray, sample_rate: int, max_seconds: float = MAX_PROMPT_SECONDS) -> np.ndarray:
-    """A decoded emotion prompt -> wav_16k float32, as infer_v2 prepares it: loaded directly at 16 kHz and
-    cut to `max_seconds` (no 22050 Hz step, unlike the speaker prompt)."""
+    """A decoded emotion prompt -> wav_16k float32, as infer_v2 prepares it: librosa.load directly at
+    16 kHz (soxr) and cut to `max_seconds` (no 22050 Hz step, unlike the speaker prompt)."""
     samples = _first_seconds(samples, sample_rate, max_seconds)
-    return resample(samples, sample_rate, FEATURE_SAMPLE_RATE)[: int(max_seconds * FEATURE_SAMPLE_RATE)]
+    return soxr_resample(samples, sample_rate, FEATURE_SAMPLE_RATE)[: int(max_seconds * FEATURE_SAMPLE_RATE)]
 
 
 def _first_seconds(samples: np.ndarray, sample_rate: int, max_seconds: float) -> np.ndarray:
@@ -273,7 +291,7 @@ def _kaldi_log_mel(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Kaldi log mel filterbank (frames, num_mel_bins), computed in `dtype` (float32 reproduces
-    torchaudio, which computes in the waveform's dtype; float64 reproduces transformers' numpy code)."""
+    torchaudio, which computes in the waveform's dtype)."""
     window_size = int(sample_frequency * frame_length_ms * 0.001)
     window_shift = int(sample_frequency * frame_shift_ms * 0.001)
     fft_size = 1 << (window_size - 1).bit_length()
@@ -330,28 +348,37 @@ def campplus_features(wav_16k: np.ndarray) -> np.ndarray:
     return (fbank - fbank.mean(dim=0, keepdim=True)).numpy()
 
 
+@functools.cache
+def _seamless_m4t_extractor(padding_value: float) -> Any:
+    """The extractor of the w2v-bert-2.0 `preprocessor_config.json` (built from its values, no download)."""
+    # Imported here, on first use: importing transformers costs seconds and ~65 MB, which the service's
+    # start-up (and anything that only needs the decoder or the constants) should not pay.
+    from transformers import SeamlessM4TFeatureExtractor
+
+    return SeamlessM4TFeatureExtractor(
+        feature_size=80, num_mel_bins=80, sampling_rate=FEATURE_SAMPLE_RATE, stride=2, padding_value=padding_value,
+        return_attention_mask=True,
+    )
+
+
 def seamless_m4t_features(wav_16k: np.ndarray, padding_value: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """w2v-BERT 2.0 input, as SeamlessM4TFeatureExtractor on one waveform:
+    """w2v-BERT 2.0 input from transformers' SeamlessM4TFeatureExtractor on one waveform:
     (N,) 16 kHz waveform -> (features (ceil(F/2), 160) float32, attention_mask (ceil(F/2),) int64).
 
-    The waveform is scaled to int16 range (x 32768), turned into the 80-bin kaldi log mel (same recipe as
-    `kaldi_fbank`, in float64 as transformers computes it), normalised per mel bin (mean, unbiased
-    variance + 1e-7), padded with one frame of `padding_value` when the frame count F is odd, and
-    consecutive frame pairs are concatenated. The real w2v-bert-2.0 config pads with 1.0; the
-    extractor's default is 0.0. The mask is 0 only for a pair that holds the padding frame.
+    The extractor scales the waveform to int16 range, takes the 80-bin kaldi log mel (F frames), normalises
+    each mel bin over time, pads an odd F with one frame of `padding_value` and concatenates frame pairs.
+    The real w2v-bert-2.0 config pads with 1.0 (the extractor's default is 0.0); the mask is 0 only for a
+    pair that holds the padding frame.
     """
-    wav = _as_waveform(wav_16k).astype(np.float32) * np.float32(32768.0)
-    fbank = _kaldi_log_mel(wav, 80, FEATURE_SAMPLE_RATE, torch.float64).numpy()
-    num_frames = fbank.shape[0]
+    wav = _as_waveform(wav_16k).astype(np.float32)
+    num_frames = 1 + (wav.shape[0] - 400) // 160 if wav.shape[0] >= 400 else 0  # 25 ms frames every 10 ms
     if num_frames < 2:
         raise ValueError(f"audio too short for w2v-BERT features: {num_frames} frames, need at least 2")
-    fbank = (fbank - fbank.mean(axis=0)) / np.sqrt(fbank.var(axis=0, ddof=1) + 1e-7)
-    mask = np.ones(num_frames, dtype=np.int64)
-    if num_frames % 2:
-        fbank = np.concatenate([fbank, np.full((1, fbank.shape[1]), padding_value)], axis=0)
-        mask = np.append(mask, 0)
-    features = fbank.reshape(fbank.shape[0] // 2, 2 * fbank.shape[1]).astype(np.float32)
-    return features, mask[1::2].copy()
+    extracted = _seamless_m4t_extractor(float(padding_value))(
+        wav, sampling_rate=FEATURE_SAMPLE_RATE, return_tensors="np"
+    )
+    features = extracted["input_features"][0].astype(np.float32, copy=False)
+    return features, extracted["attention_mask"][0].astype(np.int64)
 
 
 def mel_filterbank_slaney(

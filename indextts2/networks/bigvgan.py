@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import scipy.signal
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,29 +39,22 @@ GENERATOR_FILE = "bigvgan_generator.pt"
 
 
 def kaiser_sinc_filter(cutoff: float, half_width: float, kernel_size: int) -> torch.Tensor:
-    """Kaiser-windowed sinc low-pass filter (1, 1, kernel_size), normalised to unit DC gain.
+    """Low-pass FIR filter (1, 1, kernel_size): a sinc cut off at `cutoff` under a Kaiser window, scaled so
+    that its taps sum to 1 (unit DC gain: a constant signal passes unchanged).
 
-    `cutoff` and `half_width` are fractions of the sampling rate. The window's beta follows the
-    Kaiser design formula from the transition band (`4 * half_width`); unit DC gain keeps a constant
-    signal unchanged.
+    `cutoff` and `half_width` are in cycles per sample; the transition band is cutoff +- half_width. The
+    window's beta comes from Kaiser's formulas: the stop-band attenuation that N taps reach over a
+    transition of dw rad/sample is A = 2.285 (N - 1) dw + 7.95 dB, and A gives beta. The published BigVGAN
+    filters (the checkpoint stores them) take A for N = kernel_size // 2 taps over the whole band
+    (dw = 2 pi 2 half_width): for kernel_size 12 and half_width 0.3 that is A = 51 dB, beta = 4.66.
     """
-    half_size = kernel_size // 2
-    delta_f = 4 * half_width
-    attenuation = 2.285 * (half_size - 1) * math.pi * delta_f + 7.95
-    if attenuation > 50.0:
-        beta = 0.1102 * (attenuation - 8.7)
-    elif attenuation >= 21.0:
-        beta = 0.5842 * (attenuation - 21) ** 0.4 + 0.07886 * (attenuation - 21.0)
-    else:
-        beta = 0.0
-    window = torch.kaiser_window(kernel_size, beta=beta, periodic=False)
-    if kernel_size % 2 == 0:
-        # Even length: taps sit half-way between samples, so the filter is centred between two.
-        time = torch.arange(-half_size, half_size) + 0.5
-    else:
-        time = torch.arange(kernel_size) - half_size
-    taps = 2 * cutoff * window * torch.sinc(2 * cutoff * time)
-    return (taps / taps.sum()).view(1, 1, kernel_size)
+    transition = 2.0 * half_width  # cycles per sample; scipy wants it as a fraction of Nyquist (0.5)
+    attenuation_db = scipy.signal.kaiser_atten(kernel_size // 2, transition / 0.5)
+    beta = scipy.signal.kaiser_beta(attenuation_db)
+    # firwin: the ideal low-pass sinc(2 cutoff t) at t = -(K-1)/2 .. (K-1)/2 times the symmetric window;
+    # scale=True divides by the sum of the taps.
+    taps = scipy.signal.firwin(kernel_size, cutoff, window=("kaiser", beta), scale=True, fs=1.0)
+    return torch.tensor(taps, dtype=torch.float32).view(1, 1, kernel_size)
 
 
 class Snake(nn.Module):
@@ -99,55 +93,75 @@ class SnakeBeta(nn.Module):
         return x + torch.sin(x * alpha).pow(2) / (beta + 1e-9)
 
 
-class UpSample(nn.Module):
-    """Upsample by `ratio`: zero-stuffing + kaiser-sinc low-pass (a grouped transposed conv).
+# The anti-alias filter of the official design, in cycles per high-rate sample: cut off at the lower rate's
+# Nyquist frequency (0.5 cycles per low-rate sample), transition half-width 0.6 cycles per low-rate sample.
+def _antialias_filter(ratio: int, kernel_size: int) -> torch.Tensor:
+    return kaiser_sinc_filter(cutoff=0.5 / ratio, half_width=0.6 / ratio, kernel_size=kernel_size)
 
-    The input is edge-padded first and the transposed conv's transients are cropped, so the output
-    has exactly `ratio * T` samples with no zero-padding artefacts at the borders.
+
+class UpSample(nn.Module):
+    """(B, C, T) -> (B, C, ratio * T): put ratio - 1 zeros after every sample and low-pass the result.
+
+    Both happen in one grouped transposed conv with stride `ratio`, whose kernel is the filter h times
+    `ratio` (the zeros divide the amplitude by `ratio`): y[n] = ratio * sum_m x[m] h[n + shift - ratio m]
+    with shift = (K - ratio) / 2, so h's centre tap (K - 1) / 2 meets input m at n = ratio m + (ratio - 1) / 2:
+    the `ratio` outputs of each input sample lie symmetrically around it. The input is extended at both
+    ends by repeating its edge samples, as far as the filter reaches past them, and what the extension adds
+    to the ends of the output is cut off.
     """
 
     def __init__(self, channels: int, ratio: int = 2, kernel_size: int = 12) -> None:
         super().__init__()
         self.channels = channels
         self.ratio = ratio
-        self.pad = kernel_size // ratio - 1
-        self.crop_left = self.pad * ratio + (kernel_size - ratio) // 2
-        self.crop_right = self.pad * ratio + (kernel_size - ratio + 1) // 2
-        self.register_buffer("filter", kaiser_sinc_filter(0.5 / ratio, 0.6 / ratio, kernel_size))
+        shift = (kernel_size - ratio) // 2
+        # Output n of the unextended input reads inputs ceil((n + shift - K + 1) / ratio) ..
+        # floor((n + shift) / ratio): that reaches this far before the first and after the last sample.
+        self.extend = ((kernel_size - 1 - shift) // ratio, -(-shift // ratio))
+        left, right = self.extend
+        self.crop_left = ratio * left + shift
+        # The transposed conv gives (T + left + right - 1) * ratio + K samples; keep ratio * T of them.
+        self.crop_right = (left + right - 1) * ratio + kernel_size - self.crop_left
+        self.register_buffer("filter", _antialias_filter(ratio, kernel_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (self.pad, self.pad), mode="replicate")
+        x = F.pad(x, self.extend, mode="replicate")
         # The channel count is a constructor constant, not x.shape[1]: ONNX needs a static conv kernel.
-        weight = self.filter.to(x.dtype).expand(self.channels, -1, -1)
-        # Zero-stuffing scales the signal amplitude by 1/ratio (the filter has unit DC gain); undo it.
-        x = self.ratio * F.conv_transpose1d(x, weight, stride=self.ratio, groups=self.channels)
-        return x[..., self.crop_left : x.shape[-1] - self.crop_right]
+        kernel = (self.ratio * self.filter.to(x.dtype)).expand(self.channels, -1, -1)
+        x = F.conv_transpose1d(x, kernel, stride=self.ratio, groups=self.channels)
+        return x[..., self.crop_left : -self.crop_right]
 
 
-class LowPassFilter(nn.Module):
-    """Edge-padded grouped conv with a kaiser-sinc filter, then keep every `stride`-th sample."""
+class FilterTaps(nn.Module):
+    """Holds a filter as the buffer `filter`, under the state-dict name of the official checkpoint."""
 
-    def __init__(self, channels: int, cutoff: float, half_width: float, stride: int, kernel_size: int) -> None:
+    def __init__(self, taps: torch.Tensor) -> None:
         super().__init__()
-        self.channels = channels
-        self.stride = stride
-        self.pad_left = kernel_size // 2 - int(kernel_size % 2 == 0)
-        self.pad_right = kernel_size // 2
-        self.register_buffer("filter", kaiser_sinc_filter(cutoff, half_width, kernel_size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (self.pad_left, self.pad_right), mode="replicate")
-        weight = self.filter.to(x.dtype).expand(self.channels, -1, -1)
-        return F.conv1d(x, weight, stride=self.stride, groups=self.channels)
+        self.register_buffer("filter", taps)
 
 
 class DownSample(nn.Module):
+    """(B, C, ratio * T) -> (B, C, T): low-pass, then keep every `ratio`-th sample (one strided grouped conv).
+
+    Output m is centred where `UpSample` put its input m, high-rate position ratio * m + (ratio - 1) / 2, so
+    up- then down-sampling keeps the timing. The ends are extended by repeating the edge samples.
+    """
+
     def __init__(self, channels: int, ratio: int = 2, kernel_size: int = 12) -> None:
         super().__init__()
-        self.lowpass = LowPassFilter(channels, 0.5 / ratio, 0.6 / ratio, stride=ratio, kernel_size=kernel_size)
+        self.channels = channels
+        self.ratio = ratio
+        shift = (kernel_size - ratio) // 2
+        # Output m reads the extended input from ratio * m: `shift` extra samples at the start put the
+        # filter's centre on ratio * m + (ratio - 1) / 2, and K - ratio in all give exactly T outputs.
+        self.extend = (shift, kernel_size - ratio - shift)
+        # The official state dict keeps these taps at `...downsample.lowpass.filter`.
+        self.lowpass = FilterTaps(_antialias_filter(ratio, kernel_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lowpass(x)
+        x = F.pad(x, self.extend, mode="replicate")
+        kernel = self.lowpass.filter.to(x.dtype).expand(self.channels, -1, -1)
+        return F.conv1d(x, kernel, stride=self.ratio, groups=self.channels)
 
 
 class AntiAliasedActivation(nn.Module):
