@@ -5,19 +5,18 @@ from local_bugsink.server import (
     BugsinkNotInstalledError,
     BugsinkServer,
     BugsinkStartError,
-    django_password_hash,
     event_summary,
     find_bugsink_python,
-    find_free_port,
-    process_group_members,
 )
+
+# The shared launcher helpers, public here too (tests check that a stopped server leaves no process behind).
+from local_triton.process_group import find_free_port, process_group_members
 
 __all__ = [
     "BugsinkError",
     "BugsinkNotInstalledError",
     "BugsinkServer",
     "BugsinkStartError",
-    "django_password_hash",
     "event_summary",
     "find_bugsink_python",
     "find_free_port",

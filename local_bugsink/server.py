@@ -3,12 +3,14 @@
 Bugsink lives in its own virtual environment (`.venv-bugsink`, built by `make bugsink-env` from
 local_bugsink/requirements.txt): it pulls Django, gunicorn and top-level packages named `events`,
 `issues`, `api`, `users`, ... that have no place next to the service. This module is standard library
-only and talks to Bugsink through subprocesses, the DSN (HTTP) and the SQLite database the server writes.
+only and never touches Bugsink's database: bootstrap.py does that inside the Bugsink environment, through
+Django's management commands and ORM, and events are read back through Bugsink's REST API
+(/api/canonical/0/, a read-only token of this run).
 
 Start-up. Migrating a fresh database takes 3-5 s here, so the first start builds a migrated template
 (admin user, team, project) inside the Bugsink environment, in `<venv>/local_bugsink_templates/<key>/`;
-every later start copies it, gives the project a fresh DSN key and the admin a fresh password, and
-starts gunicorn: about 0.5 s.
+every later start copies it and starts gunicorn, whose start-up hook (bootstrap.on_starting) gives the
+project a fresh DSN key, the admin this run's password and the API token: about 0.5 s.
 
 Ingestion is eager (snappea's TASK_ALWAYS_EAGER): an event is digested inside the HTTP request that
 brings it, so no background worker runs and the event is in the database when the SDK's POST returns.
@@ -18,30 +20,28 @@ The SDK posts from its own thread, so `events(wait_for=...)` still polls.
 from __future__ import annotations
 
 import atexit
-import base64
 import hashlib
 import importlib.util
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-# Standard library only as well; shared with the Triton launcher. process_group_members is public here too.
-from local_triton.process_group import GroupGuard, process_group_members, signal_process_group
+# Standard library only as well; shared with the Triton launcher.
+from local_triton.process_group import LOOPBACK_OPENER, NotReadyError, ServerProcess, find_free_port
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -53,9 +53,12 @@ DEFAULT_VENV = REPO_ROOT / ".venv-bugsink"
 TEMPLATES_FOLDER = "local_bugsink_templates"
 DATABASE_FILES = ("db.sqlite3", "snappea.sqlite3")
 SETTINGS_MODULE = "bugsink_conf"
+API_PATH = "/api/canonical/0/"
+# The names bootstrap.on_starting reads this run's credentials from (see bootstrap.py).
+PASSWORD_VARIABLE = "LOCAL_BUGSINK_ADMIN_PASSWORD"
+API_TOKEN_VARIABLE = "LOCAL_BUGSINK_API_TOKEN"
+SENTRY_KEY_VARIABLE = "LOCAL_BUGSINK_SENTRY_KEY"
 _LOG_TAIL_LINES = 60
-# Django re-hashes with its own (higher) count at the first log-in; this only keeps start-up fast.
-_PASSWORD_ITERATIONS = 100_000
 # Far above any test session: Bugsink's defaults (1000 events per 5 minutes) would drop events silently.
 _EVENT_QUOTA = 100_000_000
 
@@ -129,20 +132,6 @@ def find_bugsink_python(python: str | Path | None = None) -> Path:
     )
 
 
-def find_free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def django_password_hash(password: str, iterations: int = _PASSWORD_ITERATIONS) -> str:
-    """`password` in Django's pbkdf2_sha256 format, so it can be stored without starting Django."""
-    salt = secrets.token_hex(11)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), iterations)
-    return f"pbkdf2_sha256${iterations}${salt}${base64.b64encode(digest).decode('ascii')}"
-
-
 def _bugsink_environment(python: Path) -> tuple[Path, str] | None:
     """(root, installed Bugsink version) when `python` belongs to a virtual environment, else None."""
     root = python.parent.parent  # not resolved: a venv's bin/python is a link to the base interpreter
@@ -194,9 +183,10 @@ def _values(value: Any) -> list[Any]:
 
 def event_summary(data: Mapping[str, Any], **stored: Any) -> dict[str, Any]:
     """One stored event as a plain dict: the fields tests look at, plus the raw event JSON under "data".
+    `stored` overrides what the server knows better (event_id, level, title, issue_id).
 
     Exceptions are listed as sent, the outermost first; "exception_type"/"exception_value" are the last one,
-    the exception that was raised (Sentry's order).
+    the exception that was raised (Sentry's order). The title, as Bugsink's: "type: value", else the message.
     """
     exceptions = [
         {"type": value.get("type"), "value": value.get("value"), "module": value.get("module")}
@@ -204,10 +194,12 @@ def event_summary(data: Mapping[str, Any], **stored: Any) -> dict[str, Any]:
         if isinstance(value, Mapping)
     ]
     raised = exceptions[-1] if exceptions else {}
+    message = _message(data)
+    title = f"{raised['type']}: {raised['value']}" if raised.get("type") else message
     return {
         "event_id": stored.get("event_id") or data.get("event_id"),
         "level": stored.get("level") or data.get("level") or "error",
-        "message": _message(data),
+        "message": message,
         "exception_type": raised.get("type"),
         "exception_value": raised.get("value"),
         "exceptions": exceptions,
@@ -222,7 +214,7 @@ def event_summary(data: Mapping[str, Any], **stored: Any) -> dict[str, Any]:
         "transaction": data.get("transaction"),
         "platform": data.get("platform"),
         "timestamp": data.get("timestamp"),
-        "title": stored.get("title"),
+        "title": stored.get("title") or title,
         "issue_id": stored.get("issue_id"),
         "data": dict(data),
     }
@@ -263,9 +255,13 @@ class BugsinkServer:
         self._port: int | None = None
         self._project_id: int | None = None
         self._sentry_key: str | None = None
-        self._process: subprocess.Popen | None = None
-        self._guard: GroupGuard | None = None
+        self._api_token: str | None = None
+        self._server: ServerProcess | None = None
         self._atexit_registered = False
+        # What events() has read through the API: {issue id: ((digested, stored event counts), [events
+        # listed])} and {event id: summary}; a stored event does not change, so each is fetched once.
+        self._issue_events: dict[str, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
+        self._event_summaries: dict[str, dict[str, Any]] = {}
 
     # --- properties -------------------------------------------------------------------------------
 
@@ -295,21 +291,17 @@ class BugsinkServer:
         return self._data_dir
 
     @property
-    def database_path(self) -> Path | None:
-        return self._data_dir / "db.sqlite3" if self._data_dir is not None else None
-
-    @property
     def log_path(self) -> Path | None:
         return self._data_dir / "bugsink.log" if self._data_dir is not None else None
 
     @property
     def pid(self) -> int | None:
         """The gunicorn master; its process group holds the workers too."""
-        return self._process.pid if self._process is not None else None
+        return self._server.pid if self._server is not None else None
 
     @property
     def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._server is not None and self._server.poll() is None
 
     # --- logs -------------------------------------------------------------------------------------
 
@@ -342,7 +334,8 @@ class BugsinkServer:
             self._atexit_registered = True
 
         self._prepare_databases(python, deadline)
-        self._set_admin_password()
+        self._api_token = secrets.token_hex(20)  # Bugsink's format: 40 lowercase hex digits
+        self._issue_events, self._event_summaries = {}, {}
 
         # A port picked free can be taken before gunicorn binds it: retry with a fresh one if we picked it.
         attempts = 1 if self._requested_port is not None else 3
@@ -354,9 +347,9 @@ class BugsinkServer:
                 self._wait_until_ready(deadline)
                 return self
             except BugsinkStartError:
-                clash = f"Connection in use: ('127.0.0.1', {self._port})" in self.log_text()
+                clash = self._port_clash()
                 # gunicorn defers SIGTERM until its main loop, which it never reaches when the bind fails.
-                self._terminate(force=clash)
+                self._terminate(force=clash is not None)
                 if clash and attempt + 1 < attempts:
                     continue
                 raise
@@ -385,44 +378,19 @@ class BugsinkServer:
 
     def _prepare_databases(self, python: Path, deadline: float) -> None:
         """A fresh data folder gets a copy of the migrated template (built on first use) and a new DSN key; an
-        existing one is migrated in place and keeps its key."""
+        existing one is migrated in place and keeps its key. gunicorn's start-up hook stores the key."""
         data_dir = self._data_dir
-        if (data_dir / "db.sqlite3").exists():
-            self._read_project(self._bootstrap(python, data_dir, deadline))
-            return
-        template = self._template(python, deadline) if self.use_template else None
+        fresh = not (data_dir / "db.sqlite3").exists()
+        template = self._template(python, deadline) if fresh and self.use_template else None
         if template is None:
-            self._read_project(self._bootstrap(python, data_dir, deadline))
+            project = self._bootstrap(python, data_dir, deadline)
         else:
             for name in DATABASE_FILES:
                 shutil.copyfile(template / name, data_dir / name)
-            self._read_project(json.loads((template / "project.json").read_text()))
-        self._sentry_key = uuid.uuid4().hex
-        self._execute(
-            "UPDATE projects_project SET sentry_key = ? WHERE id = ?", self._sentry_key, self._project_id)
-
-    def _read_project(self, project: Mapping[str, Any]) -> None:
+            project = json.loads((template / "project.json").read_text())
         self._project_id = int(project["project_id"])
-        self._sentry_key = str(project["sentry_key"])
+        self._sentry_key = uuid.uuid4().hex if template is not None else str(project["sentry_key"])
         self.admin_username = str(project["admin_username"])
-
-    def _set_admin_password(self) -> None:
-        self._execute(
-            "UPDATE auth_user SET password = ? WHERE username = ?",
-            django_password_hash(self.admin_password), self.admin_username,
-        )
-
-    def _execute(self, statement: str, *parameters: Any) -> None:
-        """One write while no server runs (Bugsink's user model is stored in auth_user)."""
-        connection = sqlite3.connect(self._data_dir / "db.sqlite3", timeout=10)
-        try:
-            with connection:
-                changed = connection.execute(statement, parameters).rowcount
-        finally:
-            connection.close()
-        if changed != 1:
-            raise BugsinkStartError(
-                f"expected to change one row of {self._data_dir / 'db.sqlite3'}: {statement}")
 
     def _template(self, python: Path, deadline: float) -> Path | None:
         """The migrated template for this Bugsink version, built once inside the Bugsink environment; None
@@ -442,8 +410,11 @@ class BugsinkServer:
             return None
         try:
             project = self._bootstrap(python, build, deadline)
-            for name in DATABASE_FILES:
-                _checkpoint(build / name)
+            # SQLite folds the write-ahead log into the database file when the bootstrap's last connection
+            # closes; only then is the file alone a complete copy.
+            unfolded = [path.name for path in build.glob("*-wal") if path.stat().st_size]
+            if unfolded:
+                raise BugsinkStartError(f"the bootstrap left write-ahead logs in {build}: {unfolded}")
             (build / "project.json").write_text(json.dumps(project))
             build.chmod(0o755)  # mkdtemp made it private
             for path in build.iterdir():  # the settings, secret key, WAL leftovers: not part of the template
@@ -506,7 +477,7 @@ class BugsinkServer:
             key: value for key, value in os.environ.items()
             # Ours would leak into Bugsink's interpreter; a DSN would have Bugsink report to it.
             if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "DJANGO_SETTINGS_MODULE")
-            and not key.startswith("SENTRY_")
+            and not key.startswith(("SENTRY_", "LOCAL_BUGSINK_"))
         }
         env["PYTHONPATH"] = str(data_dir)
         env["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
@@ -525,68 +496,42 @@ class BugsinkServer:
             "--no-control-socket",
             "--access-logfile=-",
             "--error-logfile=-",
+            # The master loads Django, runs bootstrap.on_starting (this run's credentials), forks the workers.
+            "--preload",
+            f"--config={BOOTSTRAP_SCRIPT}",
             "bugsink.wsgi",
         ]
 
     def _launch(self, python: Path) -> None:
-        command = self._command(python)
-        with open(self.log_path, "ab") as log_file:
-            log_file.write(("$ " + " ".join(command) + "\n").encode())
-            log_file.flush()
-            # Its own session, so stop() reaches the workers through the process group.
-            self._process = subprocess.Popen(
-                command, cwd=self._data_dir, env=self._environment(self._data_dir),
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        # If this process goes without stop() (SIGKILL, ...), the guard kills gunicorn and its workers:
-        # a worker alone would notice its dead master only at its next poll, 15 s later.
-        self._guard = GroupGuard(self._process.pid, name="local-bugsink-guard")
+        env = self._environment(self._data_dir)
+        env[PASSWORD_VARIABLE] = self.admin_password
+        env[API_TOKEN_VARIABLE] = self._api_token
+        env[SENTRY_KEY_VARIABLE] = self._sentry_key
+        # The guard kills gunicorn and its workers if this process goes without stop() (SIGKILL, ...): a
+        # worker alone would notice its dead master only at its next poll, 15 s later.
+        self._server = ServerProcess(
+            self._command(python), log_path=self.log_path, cwd=self._data_dir, env=env,
+            guard_name="local-bugsink-guard", append_log=True,
+        )
+
+    def _port_clash(self) -> str | None:
+        if f"Connection in use: ('127.0.0.1', {self._port})" in self.log_text():
+            return f"port {self._port} is taken"
+        return None
 
     def _wait_until_ready(self, deadline: float) -> None:
-        url = f"{self.base_url}/health/ready"
-        # No proxy: an http_proxy in the environment would otherwise carry 127.0.0.1 requests too.
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        while True:
-            code = self._process.poll()
-            if code is not None:
-                raise self._start_error(f"Bugsink (gunicorn) exited with code {code} during start-up")
-            if "Connection in use" in self.log_text():
-                raise self._start_error(f"port {self._port} is taken")
-            try:
-                with opener.open(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise self._start_error("Bugsink was not ready within the timeout")
-            time.sleep(0.05)
+        try:
+            # gunicorn retries a taken port for 5 s before it exits: give up at its first complaint.
+            self._server.wait_until_ready(f"{self.base_url}/health/ready", deadline, give_up=self._port_clash)
+        except NotReadyError as error:
+            raise self._start_error(f"Bugsink (gunicorn) {error}") from None
 
     def _terminate(self, grace_s: float = 5.0, force: bool = False) -> None:
-        """SIGTERM to the whole process group (gunicorn stops its workers), SIGKILL to what is left after
-        `grace_s` (at once with `force`); returns when no process of the group is left."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        group = process.pid  # the leader of its own session
-        if not force:
-            signal_process_group(group, signal.SIGTERM)
-            try:
-                process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-            stop_at = time.monotonic() + grace_s
-            while process_group_members(group) and time.monotonic() < stop_at:
-                time.sleep(0.05)
-        if process_group_members(group) or process.poll() is None:
-            signal_process_group(group, signal.SIGKILL)
-            process.wait()
-            stop_at = time.monotonic() + grace_s
-            while process_group_members(group) and time.monotonic() < stop_at:
-                time.sleep(0.05)
-        if self._guard is not None:
-            self._guard.release()
-            self._guard = None
+        """SIGTERM to gunicorn (it stops its workers), SIGKILL to what is left of its group after `grace_s`
+        (at once with `force`); returns when no process of the group is left."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(grace_s=0 if force else grace_s)
 
     # --- events -----------------------------------------------------------------------------------
 
@@ -599,12 +544,12 @@ class BugsinkServer:
         wanted = {str(key): str(value) for key, value in (tags or {}).items()}
         deadline = time.monotonic() + timeout_s
         while True:
+            if not self.is_running:
+                raise BugsinkError(f"Bugsink is not running; log tail:\n{self.log_tail()}")
             stored = self._read_events()
             found = [event for event in stored if wanted.items() <= event["tags"].items()]
             if len(found) >= wait_for:
                 return found
-            if not self.is_running:
-                raise BugsinkError(f"Bugsink is not running; log tail:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 arrived = "\n".join(
                     f"  {event['level']}: {event['title']} tags={event['tags']}" for event in stored[-20:]
@@ -616,33 +561,55 @@ class BugsinkServer:
             time.sleep(0.1)
 
     def _read_events(self) -> list[dict[str, Any]]:
-        database = self.database_path
-        if database is None or not database.exists():
-            return []
-        # Read-only and without Django: the server may be writing (the database is in WAL mode).
-        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+        """Every stored event of the project, in the order Bugsink digested them, through its API: the
+        project's issues, the event list of each issue whose event counts changed since the last call, and the
+        detail (with the event's JSON) of each event not read before.
+
+        Tags are compared here, on the event's JSON: Bugsink's own tag search (`q=key:value`) stores at most
+        200 characters of a value and lets fields such as `release` override a tag of that name."""
+        issues = self._api_list("issues/", project=self._project_id)
+        listed = {}
+        for issue in issues:
+            counts = (issue["digested_event_count"], issue["stored_event_count"])
+            known = self._issue_events.get(issue["id"])
+            if known is None or known[0] != counts:
+                known = (counts, self._api_list("events/", issue=issue["id"], order="asc"))
+            listed[issue["id"]] = known
+        self._issue_events = listed
+        events = sorted(
+            (event for _, issue_events in listed.values() for event in issue_events),
+            key=lambda event: (datetime.fromisoformat(event["digested_at"]), event["digest_order"]),
+        )
+        summaries = {}
+        for event in events:
+            summary = self._event_summaries.get(event["id"])
+            if summary is None:
+                detail = self._api_get(f"{self.base_url}{API_PATH}events/{event['id']}/")
+                event_id = uuid.UUID(detail["event_id"]).hex  # the SDK's form, without dashes
+                summary = event_summary(detail["data"] or {}, event_id=event_id, issue_id=detail["issue"])
+            summaries[event["id"]] = summary
+        self._event_summaries = summaries
+        return list(summaries.values())
+
+    def _api_list(self, path: str, **query: Any) -> list[dict[str, Any]]:
+        """Every item of one of the API's lists, page after page (cursor pagination: follow "next")."""
+        url: str | None = f"{self.base_url}{API_PATH}{path}?{urllib.parse.urlencode(query)}"
+        items: list[dict[str, Any]] = []
+        while url:
+            page = self._api_get(url)
+            items += page["results"]
+            url = page.get("next")
+        return items
+
+    def _api_get(self, url: str) -> Any:
+        request = urllib.request.Request(
+            url, headers={"Authorization": f"Bearer {self._api_token}", "Accept": "application/json"})
         try:
-            rows = connection.execute(
-                "SELECT event_id, level, calculated_type, calculated_value, issue_id, data FROM events_event "
-                "WHERE project_id = ? ORDER BY digested_at, project_digest_order",
-                (self._project_id,),
-            ).fetchall()
-        finally:
-            connection.close()
-        events = []
-        for event_id, level, calculated_type, calculated_value, issue_id, data in rows:
-            title = f"{calculated_type}: {calculated_value}" if calculated_type else calculated_value
-            events.append(event_summary(
-                json.loads(data) if data else {},
-                event_id=event_id, level=level, title=title, issue_id=issue_id,
-            ))
-        return events
-
-
-def _checkpoint(database: Path) -> None:
-    """Fold the write-ahead log into the database file, so the file alone is a complete copy."""
-    connection = sqlite3.connect(database)
-    try:
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        connection.close()
+            with LOOPBACK_OPENER.open(request, timeout=30) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as error:
+            body = error.read(2000).decode(errors="replace")
+            raise BugsinkError(f"Bugsink's API answered {error.code} to GET {url}: {body}") from None
+        except (urllib.error.URLError, OSError) as error:
+            raise BugsinkError(
+                f"Bugsink's API did not answer GET {url}: {error}; log tail:\n{self.log_tail(20)}") from None

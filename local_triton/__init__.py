@@ -6,11 +6,11 @@ from local_triton.launcher import (
     TritonNotInstalledError,
     TritonStartError,
     build_backend_directory,
-    find_free_port,
     find_triton_installation,
     python_library_dir,
     server_environment,
 )
+from local_triton.process_group import find_free_port
 from local_triton.supervisor import TritonSupervisor
 
 __all__ = [

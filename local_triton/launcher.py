@@ -20,22 +20,17 @@ import importlib.util
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from local_triton.process_group import GroupGuard, wait_until_group_gone
+from local_triton.process_group import NotReadyError, ServerProcess, find_free_port
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -117,13 +112,6 @@ def build_backend_directory(dest: str | Path, installation: TritonInstallation |
     onnxruntime_dir.mkdir(exist_ok=True)
     shutil.copy2(ONNXRUNTIME_BACKEND_SOURCE, onnxruntime_dir / "model.py")
     return dest
-
-
-def find_free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def python_library_dir() -> Path | None:
@@ -228,8 +216,7 @@ class LocalTritonServer:
         self._log_path = self._given_log_path
         # A temporary folder for whatever was not given (backend directory, log), removed by stop().
         self._workdir: Path | None = None
-        self._process: subprocess.Popen | None = None
-        self._guard: GroupGuard | None = None
+        self._server: ServerProcess | None = None
         self._shm_prefix = ""
 
     # --- properties -------------------------------------------------------------------------------
@@ -260,17 +247,17 @@ class LocalTritonServer:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._server.pid if self._server is not None else None
 
     @property
     def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._server is not None and self._server.poll() is None
 
     @property
     def returncode(self) -> int | None:
         """The exit code of a server that exited by itself (negative: killed by that signal); None while
         it runs or before it started."""
-        return self._process.poll() if self._process is not None else None
+        return self._server.poll() if self._server is not None else None
 
     @property
     def log_path(self) -> Path | None:
@@ -403,39 +390,19 @@ class LocalTritonServer:
 
     def _launch(self, installation: TritonInstallation, env: dict[str, str]) -> None:
         self._shm_prefix = f"local_triton_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
-        command = self._command(installation)
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._log_path, "wb") as log_file:
-            log_file.write(("$ " + " ".join(command) + "\n").encode())
-            log_file.flush()
-            # Its own session, so stop() can reach the stub processes through the process group.
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=str(self.model_repository),
-                start_new_session=True,
-            )
-        self._guard = GroupGuard(self._process.pid, name="local-triton-guard",
-                                 remove_prefix=f"/dev/shm/{self._shm_prefix}")
+        # The guard also removes the stubs' shared-memory regions, which a killed server leaves behind.
+        self._server = ServerProcess(
+            self._command(installation), log_path=self._log_path, cwd=self.model_repository, env=env,
+            guard_name="local-triton-guard", remove_prefix=f"/dev/shm/{self._shm_prefix}",
+        )
 
     def _wait_until_ready(self, deadline: float) -> None:
-        url = f"http://127.0.0.1:{self._ports['http']}/v2/health/ready"
-        while True:
-            code = self._process.poll()
-            if code is not None:
-                raise self._start_error(f"tritonserver exited with code {code} during start-up")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise self._start_error("tritonserver was not ready within the timeout")
-            time.sleep(0.1)
+        try:
+            self._server.wait_until_ready(
+                f"http://127.0.0.1:{self._ports['http']}/v2/health/ready", deadline, poll_s=0.1)
+        except NotReadyError as error:
+            raise self._start_error(f"tritonserver {error}") from None
 
     def stop(self, timeout_s: float | None = None) -> None:
         """SIGTERM, wait (exit_timeout_s plus a grace period by default), then SIGKILL the whole
@@ -450,32 +417,13 @@ class LocalTritonServer:
             self._log_path = self._given_log_path
 
     def _terminate(self, timeout_s: float | None = None) -> None:
-        process = self._process
-        if process is None:
+        server, self._server = self._server, None
+        if server is None:
             return
-        if timeout_s is None:
-            timeout_s = self.exit_timeout_s + 8
-        if process.poll() is None:
-            try:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        # Whatever is left of the group (the server if it hung, stubs it orphaned) gets SIGKILL.
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        process.wait()
-        # A restart must not overlap with the old stubs, nor a test find them: wait until they are gone.
-        wait_until_group_gone(process.pid, timeout_s=10)
+        server.stop(grace_s=self.exit_timeout_s + 8 if timeout_s is None else timeout_s)
         # Shared-memory regions of stubs that were killed (after a clean exit there are none).
         for region in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
             region.unlink(missing_ok=True)
-        if self._guard is not None:
-            self._guard.release()
-            self._guard = None
-        self._process = None
 
     def __enter__(self) -> Self:
         return self.start()

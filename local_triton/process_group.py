@@ -15,13 +15,21 @@ gunicorn 26, on a machine whose PID 1 does not reap orphans):
 - the signal follows the *thread* that forked the server, and the demo's supervisor restarts tritonserver
   from a thread of its own.
 The guard has none of these limits: the pipe belongs to the process, and killpg reaches the grandchildren.
+
+`ServerProcess` is what both launchers (local_triton, local_bugsink) do with it: start a server on loopback in
+a session of its own with a guard, wait until it answers HTTP, stop it and everything it started.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 # Blocks until the pipe closes (nothing is ever written), kills group "$1", removes the files "$2"*.
@@ -95,3 +103,94 @@ def wait_until_group_gone(group: int, timeout_s: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def find_free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it; another process may take it before
+    the server binds it, so launchers retry with a fresh one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class NotReadyError(RuntimeError):
+    """The server exited during start-up, gave up (see wait_until_ready), or did not answer in time."""
+
+
+# For requests to the servers: without proxies, as an http_proxy in the environment would carry 127.0.0.1 too.
+LOOPBACK_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ServerProcess:
+    """`command` run in a session (so a process group) of its own, its output in `log_path`, with a
+    GroupGuard that SIGKILLs the group (and removes the files starting with `remove_prefix`) if this process
+    goes first."""
+
+    def __init__(
+        self,
+        command: list[str],
+        *,
+        log_path: Path,
+        cwd: str | Path,
+        env: Mapping[str, str],
+        guard_name: str,
+        remove_prefix: str = "",
+        append_log: bool = False,
+    ) -> None:
+        with open(log_path, "ab" if append_log else "wb") as log_file:
+            log_file.write(("$ " + " ".join(command) + "\n").encode())
+            log_file.flush()
+            self._process = subprocess.Popen(
+                command, cwd=cwd, env=dict(env),
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self._guard = GroupGuard(self._process.pid, name=guard_name, remove_prefix=remove_prefix)
+
+    @property
+    def pid(self) -> int:
+        """The server; the leader of its process group."""
+        return self._process.pid
+
+    def poll(self) -> int | None:
+        """The exit code once the server has exited (negative: killed by that signal), else None."""
+        return self._process.poll()
+
+    def wait_until_ready(
+        self, url: str, deadline: float, *, poll_s: float = 0.05,
+        give_up: Callable[[], str | None] | None = None,
+    ) -> None:
+        """Return once GET `url` answers 200; raise NotReadyError if the server exits, `give_up()` returns a
+        reason (e.g. a line in the log), or `deadline` (time.monotonic()) passes first."""
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                raise NotReadyError(f"exited with code {code} during start-up")
+            reason = give_up() if give_up is not None else None
+            if reason:
+                raise NotReadyError(reason)
+            try:
+                with LOOPBACK_OPENER.open(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise NotReadyError("was not ready within the timeout")
+            time.sleep(poll_s)
+
+    def stop(self, grace_s: float) -> None:
+        """SIGTERM to the server (it stops what it started), SIGKILL to whatever is left of its group after
+        `grace_s` (at once with 0); returns once no process of the group is left, the guard released."""
+        if grace_s > 0 and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        # The server if it hung, children it orphaned (tritonserver's stubs, gunicorn's workers).
+        signal_process_group(self._process.pid, signal.SIGKILL)
+        self._process.wait()
+        # A restart must not overlap with the old children, nor a test find them: a SIGKILL is delivered, not
+        # yet acted on, when killpg returns.
+        wait_until_group_gone(self._process.pid, timeout_s=10)
+        self._guard.release()

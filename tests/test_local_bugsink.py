@@ -3,7 +3,12 @@ whose stored events the tests read back."""
 
 from __future__ import annotations
 
+import http.cookiejar
+import re
 import socket
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 
 import pytest
@@ -110,6 +115,31 @@ def test_stop_leaves_no_process_and_a_second_server_starts_after_it():
         _send_error_and_warning(second.dsn, uuid.uuid4().hex)
         assert [event["level"] for event in second.events(wait_for=2, timeout_s=20)] == ["error", "warning"]
     assert process_group_members(second_group) == []
+
+
+def test_admin_password_logs_in_to_the_web_ui(bugsink_server):
+    class KeepRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    cookies = urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    browser = urllib.request.build_opener(urllib.request.ProxyHandler({}), cookies, KeepRedirects)
+    login_url = f"{bugsink_server.base_url}/accounts/login/"
+
+    def log_in(password: str) -> int:
+        form = browser.open(login_url, timeout=10).read().decode()
+        csrf_token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+        fields = {"username": bugsink_server.admin_username, "password": password,
+                  "csrfmiddlewaretoken": csrf_token}
+        request = urllib.request.Request(
+            login_url, data=urllib.parse.urlencode(fields).encode(), headers={"Referer": login_url})
+        try:
+            return browser.open(request, timeout=30).status  # the form again
+        except urllib.error.HTTPError as redirect:
+            return redirect.code
+
+    assert log_in("not the password") == 200
+    assert log_in(bugsink_server.admin_password) == 302
 
 
 def test_event_summary_reads_each_protocol_form():

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,9 @@ from local_triton import (
     TritonNotInstalledError,
     TritonStartError,
     build_backend_directory,
+    find_free_port,
 )
+from local_triton.process_group import NotReadyError, ServerProcess
 
 AFFINE_CONFIG = """
 backend: "onnxruntime"
@@ -437,3 +440,27 @@ def test_command_line_serves_until_sigterm(tmp_path):
             cli.wait()
     assert cli.returncode == 0
     assert "tritonserver stopped" in output
+
+
+def test_server_process_waits_until_it_answers_and_stop_ends_its_whole_group(tmp_path):
+    port = find_free_port()
+    # A shell whose child serves: stop() must end the child the shell leaves behind too.
+    command = ["sh", "-c", f"{sys.executable} -m http.server {port} --bind 127.0.0.1 & wait"]
+    server = ServerProcess(command, log_path=tmp_path / "server.log", cwd=tmp_path, env=os.environ,
+                           guard_name="test-guard")
+    try:
+        server.wait_until_ready(f"http://127.0.0.1:{port}/", time.monotonic() + 30)
+        assert len(processes_in_group(server.pid)) == 2
+    finally:
+        server.stop(grace_s=5)
+    assert processes_in_group(server.pid) == []
+    assert (tmp_path / "server.log").read_text().startswith("$ sh -c")
+
+
+def test_server_process_that_exits_during_start_up_is_not_ready(tmp_path):
+    server = ServerProcess(["sh", "-c", "echo no model; exit 3"], log_path=tmp_path / "server.log",
+                           cwd=tmp_path, env=os.environ, guard_name="test-guard")
+    with pytest.raises(NotReadyError, match="exited with code 3 during start-up"):
+        server.wait_until_ready(f"http://127.0.0.1:{find_free_port()}/", time.monotonic() + 30)
+    server.stop(grace_s=5)
+    assert "no model" in (tmp_path / "server.log").read_text()
