@@ -11,6 +11,11 @@ official `infer_v2` runs them.
   s2mel (flow matching with CFG) and BigVGAN.
 - No conditioning cache across requests (the official one keeps only the last prompt; the benchmark
   sends a new voice with every request anyway).
+- No admission control: requests queue for the lock however many there are. A request whose client has
+  gone (it gave up waiting) by the time its turn comes is dropped rather than run, as a web UI's queue
+  drops a closed page's job; one that is running when its client leaves stops at the end of its segment.
+  `/healthz` says how many requests are in the service (`in_flight`), so a benchmark can wait for a
+  backlog to drain before its next run.
 
 `POST /v1/tts` takes the multipart form of the orchestrator's route (`orchestrator.schemas.TtsForm`, same
 fields, limits and defaults) and answers the same way: a 22.05 kHz 16-bit mono WAV, or with
@@ -25,7 +30,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -36,12 +41,14 @@ from fastapi import FastAPI, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from indextts2 import defaults
 from indextts2.checkpoint_dir import CheckpointPaths, load_networks
+from indextts2.defaults import OUTPUT_SAMPLE_RATE
 from indextts2.frontend.audio import AudioDecodeError, decode_audio
 from indextts2.frontend.text import TextError
 from indextts2.networks.gpt import SamplingConfig
-from indextts2.pipeline import OFFICIAL_SAMPLING, OUTPUT_SAMPLE_RATE, EagerPipeline, segment_silence
-from orchestrator.assets import OFFICIAL_MAX_CODES
+from indextts2.pipeline import OFFICIAL_SAMPLING, EagerPipeline
+from indextts2.rules import segment_silence
 from orchestrator.pipeline import MIN_REFERENCE_SECONDS
 from orchestrator.schemas import ErrorBody, ErrorResponse, TtsForm
 from orchestrator.settings import Settings
@@ -76,6 +83,7 @@ class EagerService:
         self.max_text_tokens = min(self.settings.max_text_tokens_per_segment,
                                    int(networks.config["gpt"]["max_text_tokens"]))
         self.lock = asyncio.Lock()  # one request at a time, from its first stage to its last byte
+        self.in_flight = 0  # requests in the service: running, or waiting for the lock
 
     async def reference(self, upload: UploadFile | None, field: str) -> tuple[np.ndarray, int] | None:
         if upload is None:
@@ -107,7 +115,7 @@ class EagerService:
         if form.max_codes is not None and form.max_codes > self.max_codes_limit:
             raise RefusedRequest(422, "invalid_request", f"max_codes must be at most {self.max_codes_limit}",
                                  "max_codes")
-        max_codes = form.max_codes or min(OFFICIAL_MAX_CODES, self.max_codes_limit)
+        max_codes = form.max_codes or min(defaults.MAX_CODES, self.max_codes_limit)
         if form.min_codes is not None and form.min_codes > max_codes:
             raise RefusedRequest(422, "invalid_request", f"min_codes must be at most max_codes ({max_codes})",
                                  "min_codes")
@@ -123,12 +131,25 @@ class EagerService:
             "official_second_pass": self.official_second_pass, "seed": form.seed, "cfg_rate": form.cfg_rate,
         }
 
-    async def pieces(self, form: TtsForm) -> AsyncIterator[np.ndarray]:
-        """Waveform pieces in order (segments, 200 ms of silence between them), under the lock."""
+    async def pieces(self, form: TtsForm, client_gone: Callable[[], Awaitable[bool]] | None = None,
+                     ) -> AsyncIterator[np.ndarray]:
+        """Waveform pieces in order (segments, 200 ms of silence between them), under the lock. A request
+        whose client is gone when it gets the lock ends there, without running."""
+        self.in_flight += 1
+        try:
+            async for piece in self._pieces(form, client_gone):
+                yield piece
+        finally:
+            self.in_flight -= 1
+
+    async def _pieces(self, form: TtsForm, client_gone: Callable[[], Awaitable[bool]] | None,
+                      ) -> AsyncIterator[np.ndarray]:
         options = self.options(form)
         speaker = await self.reference(form.speaker_audio, "speaker_audio")
         emotion = await self.reference(form.emotion_audio, "emotion_audio")
         async with self.lock:
+            if client_gone is not None and await client_gone():
+                return
             segments = self.pipeline.synthesize_segments(
                 form.text, *speaker, *(emotion or (None, None)), **options
             )
@@ -168,12 +189,12 @@ def create_eager_app(service: EagerService) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "in_flight": service.in_flight}
 
     @app.post("/v1/tts", response_class=Response)
-    async def tts(form: Annotated[TtsForm, Form(media_type="multipart/form-data")]) -> Response:
+    async def tts(request: Request, form: Annotated[TtsForm, Form(media_type="multipart/form-data")]) -> Response:
         headers = {"X-Sample-Rate": str(OUTPUT_SAMPLE_RATE)}
-        pieces = service.pieces(form)
+        pieces = service.pieces(form, request.is_disconnected)
         # Up to the first piece before answering, so that a refused request still gets its status code.
         first = await anext(pieces, None)
         if not form.stream:

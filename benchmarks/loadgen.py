@@ -22,13 +22,23 @@ noise is seeded by the request), so no conditioning cache helps either system: e
 stage. `--codes N` sets min_codes = max_codes = N: every segment has exactly N codes whatever the random
 weights would sample, so runs compare like with like.
 
-Figures (`RunResult`): requests/s, seconds of audio per wall second, RTF per request (its processing
-time / its audio duration; mean and p50), latency p50/p95/p99, time to first audio (streaming), errors
-by kind; with `--triton-grpc-url`, each Triton model's queue and compute time per request from
-`get_inference_statistics` before and after the run; against the orchestrator, its per-stage times
-from `/metrics` (a stage call's time as the orchestrator sees it, queueing in Triton included).
-A run stops by itself: after `requests` requests or once `duration` seconds have passed (requests in
-flight then finish, up to the request timeout).
+Time budget: every request carries `X-Request-Timeout: <request_timeout_s>` (the orchestrator cuts its
+own budget to it; the eager server ignores it) and the client gives up on any target after
+`request_timeout_s + CLIENT_GRACE_S` to the last byte (`client_timeout`), so both systems get the same.
+
+Overload: a 503 with a `Retry-After` header (the orchestrator's admission control) makes the closed-loop
+worker wait that long and send the same request again, as a client that honours Retry-After would; it
+gives up when the run's time is over. Every attempt is counted.
+
+Figures (`RunResult`): attempts by outcome (`statuses`: 200, 503 with Retry-After, 504, other: any other
+status, a 503 without Retry-After, a client timeout or a broken connection), requests/s and goodput
+(seconds of successful audio per wall second), RTF per request (its processing time / its audio
+duration; mean and p50), latency p50/p95/p99, time to first audio (streaming), errors by kind (of
+successful requests only); with `--triton-grpc-url`, each Triton model's queue and compute time per
+request from `get_inference_statistics` before and after the run; against the orchestrator, its
+per-stage times from `/metrics` (a stage call's time as the orchestrator sees it, queueing in Triton
+included). A run stops by itself: after `requests` requests or once `duration` seconds have passed (no
+new request nor retry after that; requests in flight then finish, up to the client timeout).
 """
 
 from __future__ import annotations
@@ -52,6 +62,11 @@ import numpy as np
 from orchestrator.testing import speech_like_wav
 
 WAV_HEADER_BYTES = 44  # orchestrator.wav's header, whole or streamed
+DEFAULT_REQUEST_TIMEOUT_S = 120.0  # the orchestrator's REQUEST_TIMEOUT_S default
+# The client waits this much longer than the budget it sends, so that a server that keeps to the budget
+# answers (504) before the client gives up.
+CLIENT_GRACE_S = 5.0
+OUTCOMES = ("200", "503", "504", "other")
 SAMPLE_RATE = 22050
 BYTES_PER_SAMPLE = 2
 
@@ -80,17 +95,19 @@ class BenchRequest:
     seed: int
 
 
-def build_requests(count: int, seed: int = 0) -> list[BenchRequest]:
-    """`count` requests cycling through every (text length, reference duration) pair; request i has seed
-    `seed + i` and a voice of its own (same seed, same bytes)."""
+def build_request(index: int, seed: int = 0) -> BenchRequest:
+    """Request `index` of the set: (text length, reference duration) pairs in turn, seed `seed + index`
+    and a voice of its own (same seed, same bytes)."""
     kinds = list(TEXTS)
-    requests = []
-    for index in range(count):
-        kind = kinds[index % len(kinds)]
-        seconds = REFERENCE_SECONDS[(index // len(kinds)) % len(REFERENCE_SECONDS)]
-        wav = speech_like_wav(seconds, seed=seed * 100_003 + index)
-        requests.append(BenchRequest(index, kind, TEXTS[kind], seconds, wav, seed + index))
-    return requests
+    kind = kinds[index % len(kinds)]
+    seconds = REFERENCE_SECONDS[(index // len(kinds)) % len(REFERENCE_SECONDS)]
+    wav = speech_like_wav(seconds, seed=seed * 100_003 + index)
+    return BenchRequest(index, kind, TEXTS[kind], seconds, wav, seed + index)
+
+
+def build_requests(count: int, seed: int = 0) -> list[BenchRequest]:
+    """`count` requests cycling through every (text length, reference duration) pair."""
+    return [build_request(index, seed) for index in range(count)]
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,16 @@ class SynthesisControls:
     codes: int | None = 60  # min_codes = max_codes; None: the model decides when to stop
     diffusion_steps: int = 25
     stream: bool = False
+    # The time budget sent as X-Request-Timeout; the client gives up CLIENT_GRACE_S later. None: no header,
+    # no client limit.
+    request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S
+
+    @property
+    def client_timeout_s(self) -> float | None:
+        return None if self.request_timeout_s is None else self.request_timeout_s + CLIENT_GRACE_S
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.request_timeout_s is None else {"X-Request-Timeout": f"{self.request_timeout_s:g}"}
 
     def form(self, request: BenchRequest) -> dict[str, str]:
         fields = {"text": request.text, "seed": str(request.seed), "diffusion_steps": str(self.diffusion_steps),
@@ -117,7 +144,21 @@ class RequestRecord:
     latency_s: float | None = None  # to the last byte; None when it failed
     ttfa_s: float | None = None  # to the first audio byte (streaming)
     audio_s: float = 0.0
-    error: str | None = None  # the kind: http_<status>:<type>, or an exception name
+    error: str | None = None  # the kind: http_<status>:<type>, client_timeout, or an exception name
+    status: int | None = None  # the HTTP status (the service error's, for the in-process target)
+    retry_after_s: float | None = None  # a 503's Retry-After
+    attempt: int = 1  # 2, 3, ...: the same request sent again after a 503's Retry-After
+
+    @property
+    def outcome(self) -> str:
+        """"200" (audio received in full), "503" (with Retry-After), "504", or "other"."""
+        if self.error is None and self.latency_s is not None:
+            return "200"
+        if self.status == 503 and self.retry_after_s is not None:
+            return "503"
+        if self.status == 504:
+            return "504"
+        return "other"
 
     @property
     def rtf(self) -> float | None:
@@ -138,24 +179,33 @@ class Target(Protocol):
 class HttpTarget:
     """`POST {url}/v1/tts`, the orchestrator's or the eager server's."""
 
-    def __init__(self, url: str, timeout_s: float = 600.0, max_connections: int = 256) -> None:
+    def __init__(self, url: str, timeout_s: float = 600.0, max_connections: int = 256,
+                 transport: Any = None) -> None:
         import httpx
 
         self.name = url
         self.url = url.rstrip("/")
+        # timeout_s bounds each read; run_load bounds the whole request (SynthesisControls.client_timeout_s).
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=30.0),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
         )
 
     async def send(self, request: BenchRequest, controls: SynthesisControls, record: RequestRecord,
                    started: float) -> None:
         files = {"speaker_audio": ("voice.wav", request.speaker_wav, "audio/wav")}
         received = 0
-        async with self.client.stream("POST", f"{self.url}/v1/tts", data=controls.form(request), files=files) as response:
+        async with self.client.stream("POST", f"{self.url}/v1/tts", data=controls.form(request), files=files,
+                                      headers=controls.headers()) as response:
+            record.status = response.status_code
             if response.status_code != 200:
                 body = await response.aread()
                 record.error = f"http_{response.status_code}:{_error_type(body)}"
+                if response.status_code == 503:
+                    record.retry_after_s = _seconds(response.headers.get("retry-after"))
+                    if record.retry_after_s is None:
+                        record.error += ":no_retry_after"
                 return
             async for chunk in response.aiter_raw():
                 received += len(chunk)
@@ -190,6 +240,15 @@ class HttpTarget:
                 elif sample.name.endswith("_count"):
                     stages.setdefault(stage, [0.0, 0.0])[1] = sample.value
         return {stage: (values[0], values[1]) for stage, values in stages.items()}
+
+
+def _seconds(value: str | None) -> float | None:
+    """A Retry-After of delay-seconds (the only form the services send); None if absent or unreadable."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds >= 0 else None
 
 
 def _error_type(body: bytes) -> str:
@@ -240,7 +299,11 @@ class TritonTarget:
                 samples += piece.shape[0]
         except ServiceError as error:
             record.error = f"{error.http_status}:{error.error_type}"
+            record.status = error.http_status
+            if error.http_status == 503 and getattr(error, "retry_after_s", None):
+                record.retry_after_s = float(error.retry_after_s)
             return
+        record.status = 200
         record.latency_s = time.perf_counter() - started
         record.audio_s = samples / SAMPLE_RATE
         if not controls.stream:
@@ -283,8 +346,10 @@ def triton_statistics(grpc_url: str) -> dict[str, dict[str, int]]:
         for kind in (*STAT_KINDS, "success", "fail"):
             row[f"{kind}_ns"] = int(inference.get(kind, {}).get("ns", 0))
             row[f"{kind}_count"] = int(inference.get(kind, {}).get("count", 0))
-        # Per batch size, the executions themselves: how long the model was busy, batches counted once.
-        row["busy_ns"] = sum(int(batch.get("compute_infer", {}).get("ns", 0)) for batch in entry.get("batch_stats", []))
+        # Per batch size, the executions themselves: how long the model was busy (input, inference and
+        # output of each execution), batches counted once.
+        row["busy_ns"] = sum(int(batch.get(kind, {}).get("ns", 0)) for batch in entry.get("batch_stats", [])
+                             for kind in ("compute_input", "compute_infer", "compute_output"))
         models[entry["name"]] = row
     return models
 
@@ -343,12 +408,15 @@ class RunResult:
     concurrency: int | None
     rate: float | None
     controls: dict[str, Any]
-    sent: int
+    sent: int  # attempts (a request sent again after a 503 counts once more)
     ok: int
     errors: dict[str, int]
+    statuses: dict[str, int]  # attempts by outcome: "200", "503" (with Retry-After), "504", "other"
+    requests: int  # distinct requests sent
+    client_timeout_s: float | None
     wall_s: float
     throughput_rps: float
-    audio_seconds_per_second: float
+    audio_seconds_per_second: float  # goodput: seconds of successful audio per wall second
     audio_s_total: float
     latency_s: dict[str, float | None]
     rtf: dict[str, float | None]
@@ -390,7 +458,9 @@ async def run_load(
     keep_records: bool = True,
 ) -> RunResult:
     """Send `requests` (in order) closed-loop with `concurrency` in flight, or open-loop at `rate` per
-    second (exponential gaps drawn from `seed`); no new request after `duration_s`."""
+    second (exponential gaps drawn from `seed`); no new request after `duration_s`. Each attempt is given
+    up after `controls.client_timeout_s`. Closed loop: a 503 with Retry-After makes the worker wait that
+    long and send the same request again (not once the run's time is over)."""
     if (concurrency is None) == (rate is None):
         raise ValueError("give a concurrency (closed loop) or a rate (open loop)")
     stats_before = await asyncio.to_thread(triton_statistics, triton_grpc_url) if triton_grpc_url else None
@@ -400,15 +470,20 @@ async def run_load(
     records: list[RequestRecord] = []
     start = time.perf_counter()
 
-    async def one(request: BenchRequest) -> None:
+    async def one(request: BenchRequest, attempt: int = 1) -> RequestRecord:
         sent_at = time.perf_counter()
-        record = RequestRecord(request.index, started_s=sent_at - start, text_kind=request.text_kind)
+        record = RequestRecord(request.index, started_s=sent_at - start, text_kind=request.text_kind,
+                               attempt=attempt)
         records.append(record)
         try:
-            await target.send(request, controls, record, sent_at)
+            await asyncio.wait_for(target.send(request, controls, record, sent_at), controls.client_timeout_s)
+        except TimeoutError:
+            record.latency_s, record.audio_s = None, 0.0
+            record.error = "client_timeout"
         except Exception as error:  # noqa: BLE001 - every failure is counted by its kind
-            record.latency_s = None
+            record.latency_s, record.audio_s = None, 0.0
             record.error = type(error).__name__
+        return record
 
     if concurrency is not None:
         pending = iter(requests)
@@ -417,7 +492,13 @@ async def run_load(
             for request in pending:
                 if time.perf_counter() - start > duration_s:
                     return
-                await one(request)
+                record = await one(request)
+                while record.outcome == "503":
+                    wait = record.retry_after_s or 0.0
+                    if time.perf_counter() - start + wait > duration_s:
+                        break  # the run is over before the service would take it: the 503 stands
+                    await asyncio.sleep(wait)
+                    record = await one(request, record.attempt + 1)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     else:
@@ -434,7 +515,8 @@ async def run_load(
         await asyncio.gather(*tasks)
     wall = time.perf_counter() - start
 
-    ok = [r for r in records if r.error is None and r.latency_s is not None]
+    ok = [r for r in records if r.outcome == "200"]
+    outcomes = Counter(r.outcome for r in records)
     stats = statistics_delta(stats_before, await asyncio.to_thread(triton_statistics, triton_grpc_url)) \
         if triton_grpc_url else None
     stages = stage_delta(stages_before, await stage_seconds() if stage_seconds else None, len(records))
@@ -449,6 +531,9 @@ async def run_load(
         sent=len(records),
         ok=len(ok),
         errors=dict(Counter(r.error for r in records if r.error is not None)),
+        statuses={outcome: outcomes.get(outcome, 0) for outcome in OUTCOMES},
+        requests=len({r.index for r in records}),
+        client_timeout_s=controls.client_timeout_s,
         wall_s=round(wall, 3),
         throughput_rps=round(len(ok) / wall, 4) if wall > 0 else 0.0,
         audio_seconds_per_second=round(audio_total / wall, 4) if wall > 0 else 0.0,
@@ -459,22 +544,25 @@ async def run_load(
         load_average={"before": load_before, "after": _load_average()},
         triton=stats,
         stages=stages,
-        records=[asdict(r) for r in sorted(records, key=lambda r: r.index)] if keep_records else [],
+        records=[{**asdict(r), "outcome": r.outcome} for r in sorted(records, key=lambda r: (r.index, r.attempt))]
+        if keep_records else [],
     )
 
 
 async def warm_up(target: Target, requests: list[BenchRequest], controls: SynthesisControls) -> None:
     """Requests sent one by one and not measured: first calls pay for lazy initialisation."""
     for request in requests:
-        await target.send(request, controls, RequestRecord(request.index, 0.0), time.perf_counter())
+        await asyncio.wait_for(target.send(request, controls, RequestRecord(request.index, 0.0), time.perf_counter()),
+                               controls.client_timeout_s)
 
 
 def describe(result: RunResult) -> str:
     """One progress line."""
     load = f"c={result.concurrency}" if result.mode == "closed" else f"rate={result.rate}/s"
     latency = result.latency_s
-    parts = [f"{load}: {result.ok}/{result.sent} ok in {result.wall_s:.1f} s", f"{result.throughput_rps:.3f} req/s",
-             f"{result.audio_seconds_per_second:.3f} audio s/s"]
+    tally = " / ".join(f"{result.statuses.get(outcome, 0)}" for outcome in OUTCOMES)
+    parts = [f"{load}: {result.ok}/{result.sent} ok in {result.wall_s:.1f} s (200/503/504/other {tally})",
+             f"{result.throughput_rps:.3f} req/s", f"goodput {result.audio_seconds_per_second:.3f} audio s/s"]
     if latency["p50"] is not None:
         parts.append(f"latency p50 {latency['p50']:.2f} s p95 {latency['p95']:.2f} s")
     if result.rtf["mean"] is not None:
@@ -509,7 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diffusion-steps", type=int, default=25)
     parser.add_argument("--stream", action="store_true", help="stream=true (time to first audio)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the request set and of the arrivals")
-    parser.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                        help="per request, seconds: sent as X-Request-Timeout; the client gives up "
+                             f"{CLIENT_GRACE_S:g} s later")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     if not args.url and not (args.triton_grpc_url and args.checkpoint):
@@ -518,10 +608,11 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> RunResult:
         if args.url:
-            chosen: Any = HttpTarget(args.url, timeout_s=args.timeout)
+            chosen: Any = HttpTarget(args.url)
         else:
             chosen = TritonTarget(args.triton_grpc_url, args.checkpoint)
-        controls = SynthesisControls(codes=args.codes or None, diffusion_steps=args.diffusion_steps, stream=args.stream)
+        controls = SynthesisControls(codes=args.codes or None, diffusion_steps=args.diffusion_steps, stream=args.stream,
+                                     request_timeout_s=args.timeout)
         requests = build_requests(args.warmup + args.requests, seed=args.seed)
         try:
             await warm_up(chosen, requests[args.requests:], controls)
