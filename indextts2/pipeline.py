@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from indextts2 import defaults, rules
 from indextts2.checkpoint_dir import IndexTTS2Networks
 from indextts2.emotion import emotion_vector_from_weights, scale_emotion_weights
 from indextts2.frontend.audio import (
-    S2MEL_SAMPLE_RATE,
     campplus_features,
     emotion_waveform,
     mel_spectrogram,
@@ -27,27 +27,13 @@ from indextts2.frontend.audio import (
     seamless_m4t_features,
 )
 from indextts2.networks.gpt import SamplingConfig
+from indextts2.rules import segment_silence, target_mel_frames
 
-OUTPUT_SAMPLE_RATE = S2MEL_SAMPLE_RATE
-CODES_TO_MEL_FRAMES = 1.72  # 50 codes/s -> 22050/256 = 86.13 mel frames/s
-SEGMENT_SILENCE_MS = 200  # infer_v2's interval_silence between text segments
 # The official sampling defaults of infer_v2 (its beam search aside: it samples with num_beams=3).
 OFFICIAL_SAMPLING = SamplingConfig(
-    do_sample=True, temperature=0.8, top_k=30, top_p=0.8, repetition_penalty=10.0, max_codes=1500
+    do_sample=defaults.DO_SAMPLE, temperature=defaults.TEMPERATURE, top_k=defaults.TOP_K, top_p=defaults.TOP_P,
+    repetition_penalty=defaults.REPETITION_PENALTY, max_codes=defaults.MAX_CODES,
 )
-
-
-def segment_silence() -> np.ndarray:
-    """The silence put between two spoken segments."""
-    return np.zeros(int(OUTPUT_SAMPLE_RATE * SEGMENT_SILENCE_MS / 1000), dtype=np.float32)
-
-
-def target_mel_frames(num_codes: int, duration_ratio: float = 1.0) -> int:
-    """Mel frames the s2mel stage produces for `num_codes` GPT codes: round(T_codes * 1.72 * ratio).
-
-    (infer_v2 truncates T_codes * 1.72 instead; the two differ by at most one frame, 11.6 ms.)
-    """
-    return max(1, round(num_codes * CODES_TO_MEL_FRAMES * duration_ratio))
 
 
 @dataclass
@@ -144,8 +130,8 @@ class EagerPipeline:
         text_ids: list[int],
         sampling: SamplingConfig,
         duration_ratio: float = 1.0,
-        diffusion_steps: int = 25,
-        cfg_rate: float = 0.7,
+        diffusion_steps: int = defaults.DIFFUSION_STEPS,
+        cfg_rate: float = defaults.CFG_RATE,
         official_second_pass: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[np.ndarray, torch.Tensor, int]:
@@ -200,11 +186,11 @@ class EagerPipeline:
         emo_weights: list[float] | None = None,
         duration_ratio: float = 1.0,
         sampling: SamplingConfig = OFFICIAL_SAMPLING,
-        diffusion_steps: int = 25,
+        diffusion_steps: int = defaults.DIFFUSION_STEPS,
         max_text_tokens_per_segment: int = 120,
         official_second_pass: bool = False,
         seed: int | None = None,
-        cfg_rate: float = 0.7,
+        cfg_rate: float = defaults.CFG_RATE,
     ) -> Iterator[tuple[np.ndarray, torch.Tensor, int]]:
         """`synthesize` one segment at a time, as infer_v2's `stream_return` does: yields (waveform,
         codes, mel frames) per text segment, in order, without the silences between them."""
@@ -214,11 +200,13 @@ class EagerPipeline:
             emotion = self.emotion_features(emotion_samples, emotion_sample_rate or speaker_sample_rate)
         emovec = self.emotion_vector(speaker, emotion, emo_alpha, emo_weights)
         segments = self.networks.text_frontend.split_segments(text, max_text_tokens_per_segment)
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         for index, text_ids in enumerate(segments):
-            segment_sampling = sampling
-            if seed is not None:
-                segment_sampling = SamplingConfig(**{**sampling.__dict__, "seed": seed + index})
+            segment_sampling, generator = sampling, None
+            segment_seed = rules.segment_seed(seed, index)
+            if segment_seed is not None:
+                segment_sampling = SamplingConfig(**{**sampling.__dict__, "seed": segment_seed})
+                # s2mel's noise as the served s2mel draws it: from a CPU generator of the segment's seed.
+                generator = torch.Generator(device="cpu").manual_seed(segment_seed)
             yield self.synthesize_segment(
                 speaker, emovec, text_ids, segment_sampling, duration_ratio, diffusion_steps, cfg_rate,
                 official_second_pass=official_second_pass, generator=generator,

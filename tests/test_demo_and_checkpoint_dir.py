@@ -12,7 +12,8 @@ from golden import load_golden, load_golden_config
 
 from indextts2.checkpoint import CheckpointError
 from indextts2.checkpoint_dir import CheckpointPaths, load_networks
-from indextts2.pipeline import OUTPUT_SAMPLE_RATE, SEGMENT_SILENCE_MS, EagerPipeline, SamplingConfig
+from indextts2.defaults import OUTPUT_SAMPLE_RATE, SEGMENT_SILENCE_MS
+from indextts2.pipeline import EagerPipeline, SamplingConfig
 from indextts2.presets import write_demo_checkpoint
 
 OFFICIAL_FILES = [

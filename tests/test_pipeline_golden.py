@@ -9,7 +9,7 @@ import torch
 from golden import load_golden
 
 from indextts2.checkpoint_dir import CheckpointPaths, load_networks
-from indextts2.pipeline import target_mel_frames
+from indextts2.rules import target_mel_frames
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,26 @@
+"""Rules of IndexTTS-2 inference that the eager pipeline, the served stack and the baseline share: pure
+functions of plain values (numpy at most), no networks, no I/O."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from indextts2.defaults import CODES_TO_MEL_FRAMES, OUTPUT_SAMPLE_RATE, SEGMENT_SILENCE_MS
+
+
+def target_mel_frames(num_codes: int, duration_ratio: float = 1.0) -> int:
+    """Mel frames the s2mel stage produces for `num_codes` GPT codes: round(T_codes * 1.72 * ratio).
+
+    (infer_v2 truncates T_codes * 1.72 instead; the two differ by at most one frame, 11.6 ms.)
+    """
+    return max(1, round(num_codes * CODES_TO_MEL_FRAMES * duration_ratio))
+
+
+def segment_silence() -> np.ndarray:
+    """The silence put between two spoken segments."""
+    return np.zeros(int(OUTPUT_SAMPLE_RATE * SEGMENT_SILENCE_MS / 1000), dtype=np.float32)
+
+
+def segment_seed(seed: int | None, index: int) -> int | None:
+    """The seed of text segment `index` (GPT sampling and s2mel noise): the request's seed + index."""
+    return None if seed is None else seed + index
