@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,9 +17,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from orchestrator import __version__
+from orchestrator.admission import Admission, Refusal
 from orchestrator.assets import ModelAssets
 from orchestrator.errors import (
     InvalidDurationRatioError,
@@ -26,10 +29,11 @@ from orchestrator.errors import (
     ResponseAborted,
     ServiceBugError,
     ServiceError,
+    ServiceOverloadedError,
 )
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.middleware import RequestMiddleware
-from orchestrator.reporting import REPORTED, Reporter, current_request, init_sentry
+from orchestrator.reporting import REPORTED, Reporter, RequestContext, current_request, init_sentry
 from orchestrator.responses import error_response
 from orchestrator.routers import health, synthesis, voices
 from orchestrator.schemas import ErrorBody, ErrorResponse
@@ -48,6 +52,8 @@ IndexTTS-2 text-to-speech served by NVIDIA Triton. Audio comes back as 22.05 kHz
 _LIMIT_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "min_length": "min length", "max_length": "max length",
                 "pattern": "pattern"}
 _DURATION_FIELDS = ("duration_ratio", "speed")
+# The routes whose requests synthesise speech: counted and admitted by orchestrator.admission.
+ADMITTED_PATHS = frozenset({"/v1/tts", "/v1/audio/speech"})
 
 
 def release_name(model_versions: dict[str, str]) -> str:
@@ -124,8 +130,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         setattr(error, REPORTED, True)  # the ASGI integration must not capture it a second time
         return error_response(bug, reporter, settings.overload_retry_after_s)
 
+    admission = Admission(settings.max_in_flight_requests)
+    app.state.admission = admission
+
+    def request_start(context: RequestContext) -> JSONResponse | None:
+        """The request's time budget, and admission for the synthesis routes, before the body is read."""
+        scope = context.scope
+        budget_s = settings.request_timeout_s
+        asked = Headers(scope=scope).get("x-request-timeout")
+        if asked is not None:
+            try:
+                budget_s = min(budget_s, float(asked))
+                if not budget_s > 0:
+                    raise ValueError
+            except ValueError:
+                return error_response(InvalidRequestError(
+                    "X-Request-Timeout must be a positive number of seconds", field="X-Request-Timeout",
+                    limit=f"> 0, at most {settings.request_timeout_s:g} (REQUEST_TIMEOUT_S)"), reporter, 0)
+        context.deadline = time.monotonic() + budget_s
+        if scope["method"] != "POST" or scope["path"] not in ADMITTED_PATHS:
+            return None
+        decision = admission.admit(budget_s)
+        if isinstance(decision, Refusal):
+            metrics.refused.labels(decision.reason).inc()
+            return error_response(ServiceOverloadedError(decision.message, retry_after_s=decision.retry_after_s),
+                                  reporter, decision.retry_after_s)
+        context.admission_ticket = decision
+        metrics.requests_in_flight.set(admission.in_flight)
+        return None
+
+    def request_end(context: RequestContext, status: int) -> None:
+        if context.admission_ticket is not None:
+            admission.release(context.admission_ticket, succeeded=status == 200 and not context.client_gone)
+            metrics.requests_in_flight.set(admission.in_flight)
+            metrics.expected_finish_seconds.set(admission.expected_finish_s() or 0.0)
+        reporter.end_request(context)
+
     app.add_middleware(RequestMiddleware, metrics=metrics, max_request_bytes=settings.max_request_bytes,
-                       on_unexpected_error=unexpected_error, on_request_end=reporter.end_request)
+                       on_request_start=request_start, on_unexpected_error=unexpected_error,
+                       on_request_end=request_end)
 
     async def handle_service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return error_response(exc, reporter, settings.overload_retry_after_s)

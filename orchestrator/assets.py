@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from indextts2 import defaults
 from indextts2.checkpoint import CheckpointError
 from indextts2.config import load_config
 from indextts2.emotion import EmotionBank, load_emotion_bank
 from indextts2.frontend.audio import s2mel_mel_args
 from indextts2.frontend.text import TextError, TextFrontend
 from orchestrator.settings import SettingsError
-
-OFFICIAL_MAX_CODES = 1500  # infer_v2's max_mel_tokens argument
 
 
 @dataclass(frozen=True)
@@ -44,15 +43,11 @@ class ModelAssets:
 
     @property
     def default_max_codes(self) -> int:
-        return min(OFFICIAL_MAX_CODES, self.max_codes_limit)
+        return min(defaults.MAX_CODES, self.max_codes_limit)
 
     @property
     def max_text_tokens(self) -> int:
         return int(self.config["gpt"]["max_text_tokens"])
-
-    @property
-    def emotion_count(self) -> int:
-        return len(self.emotion_bank.emo_groups)
 
     @classmethod
     def load(cls, checkpoint_dir: str | Path) -> ModelAssets:

@@ -81,6 +81,16 @@ class VoiceExistsError(ServiceError):
     report = False
 
 
+class ServiceOverloadedError(ServiceError):
+    """Refused at the door: the service cannot finish one more request within its deadline (admission
+    control). Counted in the metrics (refusals by reason), not sent to Sentry: under overload every
+    refusal would be an event."""
+
+    http_status = 503
+    error_type = "overloaded"
+    report = False
+
+
 # --- a Triton stage failed (5xx): always reported, tagged with stage / model / model_version --------
 
 

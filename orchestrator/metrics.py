@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Stage calls take from ~1 ms (an encoder on a short prompt) to minutes (a long GPT stream on a CPU).
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -42,6 +42,23 @@ class ServiceMetrics:
         self.warnings_suppressed = Counter(
             "tts_warning_events_suppressed", "Warning events not sent: over WARNING_EVENTS_PER_MINUTE for the kind.",
             ["kind"], registry=self.registry,
+        )
+
+        self.requests_in_flight = Gauge(
+            "tts_requests_in_flight", "Synthesis requests admitted and not finished (the service's queue).",
+            registry=self.registry,
+        )
+        self.expected_finish_seconds = Gauge(
+            "tts_admission_expected_finish_seconds",
+            "Admission's estimate of how long one more request would take now (0 until measured).",
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "tts_requests_refused", "Requests refused at the door with 503, by reason (in_flight_limit, deadline).",
+            ["reason"], registry=self.registry,
+        )
+        self.stage_in_flight = Gauge(
+            "tts_stage_in_flight", "Triton calls in flight, by model.", ["model"], registry=self.registry,
         )
 
     def render(self) -> bytes:

@@ -7,10 +7,14 @@ exception that escapes the routes and their handlers becomes a JSON 500 here, in
 context, so its body and its one event carry the request id and the connection stays usable. A failure
 after the response started cannot change the status any more: the transfer is cut short (the server
 closes the connection, the client sees an incomplete body), and the failure is reported once.
+
+Admission (orchestrator.admission) answers here too, before the body is read; and a client that goes away
+before its answer is complete cancels the request's work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -28,6 +32,7 @@ from orchestrator.schemas import ErrorBody, ErrorResponse
 
 logger = logging.getLogger("orchestrator")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CLIENT_CLOSED_REQUEST = 499  # the status the metrics record for a request whose client left (nginx's)
 
 
 class RequestTooLargeError(HTTPException):
@@ -40,12 +45,17 @@ class RequestTooLargeError(HTTPException):
 class RequestMiddleware:
     def __init__(
         self, app: ASGIApp, metrics: ServiceMetrics, max_request_bytes: int,
-        on_unexpected_error: Callable[[Exception], Response], on_request_end: Callable[[RequestContext], None],
+        on_request_start: Callable[[RequestContext], Response | None],
+        on_unexpected_error: Callable[[Exception], Response],
+        on_request_end: Callable[[RequestContext, int], None],
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
-        # error -> the JSON 500 (reported once); the context -> deferred reporting (warnings with counts)
+        # The context -> a response that refuses the request before its body is read (admission), or None;
+        # an error -> the JSON 500 (reported once); the context and status -> admission release, deferred
+        # reporting (warnings with counts).
+        self.on_request_start = on_request_start
         self.on_unexpected_error = on_unexpected_error
         self.on_request_end = on_request_end
 
@@ -60,17 +70,20 @@ class RequestMiddleware:
         token = CURRENT_REQUEST.set(context)
         started = time.perf_counter()
         status = 500
-        response_started = False
+        response_started = response_complete = False
         received = 0
+        body_read = asyncio.Event()
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, response_complete
             if message["type"] == "http.response.start":
                 status, response_started = message["status"], True
                 response_headers = MutableHeaders(scope=message)
                 response_headers["X-Request-ID"] = context.request_id
                 if context.warnings:
                     response_headers["X-TTS-Warnings"] = ",".join(context.warnings)
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                response_complete = True
             await send(message)
 
         async def receive_with_limit() -> Message:
@@ -80,6 +93,8 @@ class RequestMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_request_bytes:
                     raise RequestTooLargeError(self.max_request_bytes)
+                if not message.get("more_body", False):
+                    body_read.set()
             return message
 
         try:
@@ -91,8 +106,31 @@ class RequestMiddleware:
                     request_id=context.request_id))
                 await JSONResponse(body.model_dump(), status_code=413)(scope, receive, send_with_headers)
                 return
+            refusal = self.on_request_start(context)
+            if refusal is not None:  # before a byte of the body is read
+                await refusal(scope, receive, send_with_headers)
+                return
+            handler = asyncio.ensure_future(self.app(scope, receive_with_limit, send_with_headers))
+
+            async def cancel_when_the_client_leaves() -> None:
+                # Once the body is read, the next message can only be the disconnect. A client that leaves
+                # before its answer is complete cancels the work: the Triton calls in flight are cancelled
+                # with it (the decoder frees its slot, s2mel its row).
+                await body_read.wait()
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                if not response_complete:
+                    context.client_gone = True
+                    handler.cancel()
+
+            watcher = asyncio.ensure_future(cancel_when_the_client_leaves())
             try:
-                await self.app(scope, receive_with_limit, send_with_headers)
+                await handler
+            except asyncio.CancelledError:
+                if not context.client_gone:
+                    raise  # the server is shutting down: not ours to swallow
+                status = CLIENT_CLOSED_REQUEST
+                logger.info("request %s: the client went away; its work was cancelled", context.request_id)
             except Exception as error:  # noqa: BLE001 - the last line: every failure gets an answer
                 if not response_started:
                     await self.on_unexpected_error(error)(scope, receive, send_with_headers)
@@ -101,11 +139,13 @@ class RequestMiddleware:
                     self.on_unexpected_error(error)  # reports it, unless it was reported where it happened
                     logger.warning("response %s cut short by %s after it started", context.request_id,
                                    type(error).__name__)
+            finally:
+                watcher.cancel()
         finally:
             route = context.route
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
             try:
-                self.on_request_end(context)
+                self.on_request_end(context, status)
             finally:
                 CURRENT_REQUEST.reset(token)

@@ -31,6 +31,7 @@ import numpy as np
 import sentry_sdk
 import torch
 
+from indextts2 import defaults
 from indextts2.emotion import emotion_vector_from_weights, scale_emotion_weights
 from indextts2.frontend.audio import (
     MAX_PROMPT_SECONDS,
@@ -43,7 +44,7 @@ from indextts2.frontend.audio import (
     seamless_m4t_features,
 )
 from indextts2.frontend.text import TextError
-from indextts2.pipeline import OUTPUT_SAMPLE_RATE, SEGMENT_SILENCE_MS, target_mel_frames
+from indextts2.rules import segment_seed, segment_silence, target_mel_frames
 from orchestrator.assets import ModelAssets
 from orchestrator.errors import (
     InvalidRequestError,
@@ -56,7 +57,7 @@ from orchestrator.reporting import Reporter, current_request
 from orchestrator.settings import Settings
 from orchestrator.triton_client import TritonStages
 
-SAMPLE_RATE = OUTPUT_SAMPLE_RATE  # 22050 Hz
+SAMPLE_RATE = defaults.OUTPUT_SAMPLE_RATE  # 22050 Hz
 MIN_REFERENCE_SECONDS = 0.5  # below this the encoders have (almost) nothing to read: refused
 SHORT_REFERENCE_SECONDS = 5.0  # below this the clone is served, and reported as a warning
 DEGENERATE_EMOTION_MEAN_ABS = 1e-4  # an emotion embedding this close to zero carries no emotion
@@ -107,17 +108,17 @@ class SynthesisOptions:
 
     emo_alpha: float = 1.0
     emotion_weights: tuple[float, ...] | None = None
-    duration_ratio: float = 1.0
-    do_sample: bool = True
-    temperature: float = 0.8
-    top_k: int = 30
-    top_p: float = 0.8
-    repetition_penalty: float = 10.0
-    max_codes: int | None = None  # None: min(1500, the GPT's limit)
+    duration_ratio: float = defaults.DURATION_RATIO
+    do_sample: bool = defaults.DO_SAMPLE
+    temperature: float = defaults.TEMPERATURE
+    top_k: int = defaults.TOP_K
+    top_p: float = defaults.TOP_P
+    repetition_penalty: float = defaults.REPETITION_PENALTY
+    max_codes: int | None = None  # None: min(defaults.MAX_CODES, the GPT's limit)
     min_codes: int = 0  # no stop code before this many codes
     seed: int | None = None
-    diffusion_steps: int = 25
-    cfg_rate: float = 0.7
+    diffusion_steps: int = defaults.DIFFUSION_STEPS
+    cfg_rate: float = defaults.CFG_RATE
 
 
 class ConditioningCache:
@@ -181,8 +182,9 @@ class SynthesisPipeline:
         finally:
             self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
 
-    def segment_text(self, text: str) -> list[list[int]]:
-        """Text -> token ids per segment. Errors name the field, never echo the text."""
+    async def segment_text(self, text: str) -> list[list[int]]:
+        """Text -> token ids per segment, off the event loop (the official normaliser takes up to seconds
+        on a long text). Errors name the field, never echo the text."""
         limit = self.settings.max_text_chars
         if not text or not text.strip():
             raise InvalidRequestError("text is empty", field="text", limit=f"1 to {limit} characters")
@@ -191,19 +193,16 @@ class SynthesisPipeline:
                 f"text is {len(text)} characters long; the limit is {limit}", field="text",
                 limit=f"1 to {limit} characters",
             )
-        started = time.perf_counter()
         # Segments must fit the GPT's text positions (max_text_tokens, start/stop tokens aside).
         max_tokens = min(self.settings.max_text_tokens_per_segment, self.assets.max_text_tokens)
         try:
-            with sentry_sdk.start_span(op="tts.stage", name="text_frontend"):
-                segments = self.assets.text_frontend.split_segments(text, max_tokens)
+            segments = await self._in_process("text_frontend", self.assets.text_frontend.split_segments, text,
+                                              max_tokens)
         except TextError:
             raise InvalidRequestError(
                 "text has nothing to speak after normalisation (only punctuation, symbols or spaces)",
                 field="text",
             ) from None
-        finally:
-            self.metrics.stage_seconds.labels("text_frontend").observe(time.perf_counter() - started)
         segments = [segment for segment in segments if segment]
         most = self.settings.max_text_segments
         if len(segments) > most:
@@ -295,7 +294,7 @@ class SynthesisPipeline:
         try:
             return await self._in_process("features", compute, audio, *args)
         except ValueError:
-            # Too few frames for an extractor, or a sample rate the resampler cannot convert.
+            # Too few frames for an extractor.
             raise InvalidRequestError(
                 f"{audio.field}: cannot compute features at {audio.sample_rate} Hz and "
                 f"{audio.duration_s:.2f} s", field=audio.field,
@@ -431,7 +430,7 @@ class SynthesisPipeline:
         options: SynthesisOptions, index: int,
     ) -> np.ndarray:
         """One text segment -> float32 waveform at 22.05 kHz (empty when the GPT produced no code)."""
-        seed = None if options.seed is None else options.seed + index
+        seed = segment_seed(options.seed, index)
         decoded = await self.triton.decode(
             self._gpt_inputs(speaker, emotion_vector, text_ids, options, seed), self.assets.gpt_dim
         )
@@ -495,7 +494,7 @@ class SynthesisPipeline:
 
         Up to `segment_concurrency` segments are in flight, so the next segment's GPT decodes while
         this one is in s2mel and the vocoder. Closing the iterator early cancels what is in flight."""
-        silence = np.zeros(int(SAMPLE_RATE * SEGMENT_SILENCE_MS / 1000), dtype=np.float32)
+        silence = segment_silence()
         slots = asyncio.Semaphore(self.settings.segment_concurrency)
 
         async def run(index: int, text_ids: list[int]) -> np.ndarray:

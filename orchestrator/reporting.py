@@ -77,6 +77,12 @@ class RequestContext:
     warnings: list[str] = field(default_factory=list)  # warning kinds reported, for X-TTS-Warnings
     # The request's warnings, one per kind with how often it happened; sent when the request ends.
     pending_warnings: dict[str, PendingWarning] = field(default_factory=dict, repr=False)
+    deadline: float | None = None  # time.monotonic() after which the answer is no use (None: no budget)
+    admission_ticket: Any = field(default=None, repr=False)  # orchestrator.admission.Ticket, when admitted
+    client_gone: bool = False  # the client disconnected before its answer was complete
+
+    def time_left_s(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
     @property
     def route(self) -> str:

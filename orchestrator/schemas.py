@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import UploadFile
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from indextts2 import defaults
 from orchestrator.voices import VOICE_NAME_PATTERN
 
 EMOTIONS = ("happy", "angry", "sad", "afraid", "disgusted", "melancholic", "surprised", "calm")
@@ -96,14 +97,14 @@ class TtsForm(BaseModel):
                           "the emotion reference (as in the official implementation).")
     emo_alpha: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False,
                              description="Strength of the emotion reference or of the emotion vector.")
-    duration_ratio: float = Field(1.0, ge=MIN_DURATION_RATIO, le=MAX_DURATION_RATIO, allow_inf_nan=False,
+    duration_ratio: float = Field(defaults.DURATION_RATIO, ge=MIN_DURATION_RATIO, le=MAX_DURATION_RATIO, allow_inf_nan=False,
                                   description="Scales the length of the speech: mel frames = codes x 1.72 x "
                                               "ratio (0.75 faster ... 1.25 slower).")
-    do_sample: bool = Field(True, description="Sample the GPT's codes (false: greedy).")
-    temperature: float = Field(0.8, gt=0.0, le=2.0, allow_inf_nan=False, description="GPT sampling temperature.")
-    top_k: int = Field(30, ge=0, le=1000, description="GPT top-k (0: off).")
-    top_p: float = Field(0.8, gt=0.0, le=1.0, allow_inf_nan=False, description="GPT nucleus sampling mass.")
-    repetition_penalty: float = Field(10.0, ge=1.0, le=20.0, allow_inf_nan=False,
+    do_sample: bool = Field(defaults.DO_SAMPLE, description="Sample the GPT's codes (false: greedy).")
+    temperature: float = Field(defaults.TEMPERATURE, gt=0.0, le=2.0, allow_inf_nan=False, description="GPT sampling temperature.")
+    top_k: int = Field(defaults.TOP_K, ge=0, le=1000, description="GPT top-k (0: off).")
+    top_p: float = Field(defaults.TOP_P, gt=0.0, le=1.0, allow_inf_nan=False, description="GPT nucleus sampling mass.")
+    repetition_penalty: float = Field(defaults.REPETITION_PENALTY, ge=1.0, le=20.0, allow_inf_nan=False,
                                       description="GPT repetition penalty on codes already produced.")
     max_codes: int | None = Field(None, ge=1, le=10000,
                                   description="Most codes per segment (50 per second of speech); default "
@@ -115,8 +116,8 @@ class TtsForm(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**62,
                              description="Seed for sampling and diffusion noise (segment i uses seed + i); "
                                          "unset: random.")
-    diffusion_steps: int = Field(25, ge=1, le=100, description="s2mel flow-matching steps.")
-    cfg_rate: float = Field(0.7, ge=0.0, le=1.0, allow_inf_nan=False,
+    diffusion_steps: int = Field(defaults.DIFFUSION_STEPS, ge=1, le=100, description="s2mel flow-matching steps.")
+    cfg_rate: float = Field(defaults.CFG_RATE, ge=0.0, le=1.0, allow_inf_nan=False,
                             description="s2mel classifier-free guidance rate.")
     stream: bool = Field(False, description="Chunked WAV: a header with unknown length first, then PCM per "
                                             "finished segment; the chunks concatenate to a valid WAV.")

@@ -92,7 +92,7 @@ class TtsService:
         pipeline.protect(form.text)
         pipeline.describe_request(text_chars=len(form.text), duration_ratio=form.duration_ratio,
                                   diffusion_steps=form.diffusion_steps, stream=form.stream)
-        segments = pipeline.segment_text(form.text)
+        segments = await pipeline.segment_text(form.text)
         options = self._options(form)
         speaker_audio = await self._reference(form.speaker_audio, form.voice, "speaker_audio", "voice")
         emotion_audio = await self._reference(
@@ -116,7 +116,7 @@ class TtsService:
         options = SynthesisOptions(duration_ratio=1.0 / request.speed, max_codes=self.assets.default_max_codes,
                                    diffusion_steps=self.settings.speech_diffusion_steps)
         pipeline.describe_request(text_chars=len(request.input), duration_ratio=options.duration_ratio, stream=True)
-        segments = pipeline.segment_text(request.input)
+        segments = await pipeline.segment_text(request.input)
         speaker_audio = await self._reference(None, request.voice, "voice", "voice")
         return await self._synthesize(segments, speaker_audio, None, options, route)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from indextts2 import defaults
+
 MIB = 1024 * 1024
 
 
@@ -38,10 +40,17 @@ class Settings:
     # --- request limits ----------------------------------------------------------------------------
     max_upload_bytes: int = 20 * MIB  # per audio file
     max_text_chars: int = 2000
-    max_text_tokens_per_segment: int = 120  # infer_v2's default; capped by the GPT's text positions
+    max_text_tokens_per_segment: int = defaults.MAX_TEXT_TOKENS_PER_SEGMENT  # capped by the GPT's text positions
     # Segments after normalisation (2000 digits read out one by one make ~80): each costs a GPT decode and
     # an s2mel pass, so this bounds how long one request can hold the service.
     max_text_segments: int = 20
+
+    # --- load ----------------------------------------------------------------------------------------
+    # Each request's time budget (a request may ask for less with the X-Request-Timeout header, seconds).
+    # Every Triton call gets the time left; a request the service cannot finish in time is refused at the
+    # door (503, Retry-After). 120 s covers a 20-segment text on the official model on one GPU.
+    request_timeout_s: float = 120.0
+    max_in_flight_requests: int = 64  # synthesis requests accepted at once, whatever the estimate says
 
     # --- Triton calls ------------------------------------------------------------------------------
     triton_timeout_s: float = 60.0  # one unary stage call
@@ -50,7 +59,7 @@ class Settings:
     segment_concurrency: int = 2  # segments of one request in flight at once (pipelines GPT and s2mel)
     conditioning_cache_size: int = 64  # speaker/emotion conditionings kept (LRU, by audio sha256)
     overload_retry_after_s: int = 2  # Retry-After sent with 503 "overloaded"
-    speech_diffusion_steps: int = 25  # s2mel steps for /v1/audio/speech, which has no such field
+    speech_diffusion_steps: int = defaults.DIFFUSION_STEPS  # for /v1/audio/speech, which has no such field
 
     # --- Sentry ------------------------------------------------------------------------------------
     sentry_dsn: str = ""  # empty: Sentry off
@@ -83,11 +92,12 @@ class Settings:
             problems.append(f"MAX_TEXT_TOKENS_PER_SEGMENT must be in [1, 1000], got {self.max_text_tokens_per_segment}")
         if not (math.isfinite(self.sentry_traces_sample_rate) and 0.0 <= self.sentry_traces_sample_rate <= 1.0):
             problems.append(f"SENTRY_TRACES_SAMPLE_RATE must be in [0, 1], got {self.sentry_traces_sample_rate}")
-        for name in ("triton_timeout_s", "gpt_stream_timeout_s"):
+        for name in ("triton_timeout_s", "gpt_stream_timeout_s", "request_timeout_s"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name.upper()} must be positive, got {getattr(self, name)}")
         for name in ("gpt_stream_every", "segment_concurrency", "conditioning_cache_size", "port",
-                     "speech_diffusion_steps", "warning_events_per_minute", "max_text_segments"):
+                     "speech_diffusion_steps", "warning_events_per_minute", "max_text_segments",
+                     "max_in_flight_requests"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.upper()} must be at least 1, got {getattr(self, name)}")
         if problems:

@@ -9,7 +9,7 @@ How Triton failures map (measured against the local tritonserver 2.51):
 - gRPC UNAVAILABLE (connection refused, server gone)      -> TritonUnavailableError, 503
 - gRPC NOT_FOUND, or a stream error saying "unknown model" / "has no available versions" (not loaded)
                                                             -> ModelUnavailableError, 503
-- gRPC DEADLINE_EXCEEDED / our timeout                     -> StageTimeoutError, 504
+- gRPC DEADLINE_EXCEEDED / our timeout, or a Python model's "deadline exceeded" -> StageTimeoutError, 504
 - a message starting "overloaded" (gpt_decoder's slots and queue are full) -> ModelOverloadedError, 503
 - a message naming out-of-memory (CUDA, cuBLAS, ORT)        -> ModelOutOfMemoryError, 503
 - anything else the model or server says (bad shape, exception in the model) -> ModelError, 502
@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 import sentry_sdk
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.grpc import aio as grpcaio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
@@ -42,6 +43,7 @@ from orchestrator.errors import (
     TritonUnavailableError,
 )
 from orchestrator.metrics import ServiceMetrics
+from orchestrator.reporting import current_request
 
 # The models the service chains, in pipeline order (s2mel_estimator is s2mel's own business).
 PIPELINE_MODELS = (
@@ -49,6 +51,22 @@ PIPELINE_MODELS = (
     "emotion_conditioner", "gpt_decoder", "s2mel", "vocoder",
 )
 GPT_DECODER = "gpt_decoder"
+# The Python models take an optional `deadline_unix_ms` input: they drop a request whose caller's deadline
+# passed before spending compute on it (s2mel also between diffusion steps).
+MODELS_WITH_DEADLINE = frozenset({GPT_DECODER, "s2mel"})
+# gRPC backs off 1.6x per failed reconnect, up to 120 s by default: after Triton restarts, the service
+# would wait that long to notice. One second at most; the other options are tritonclient's defaults
+# (channel_args replaces them all).
+_KEEPALIVE = grpcclient.KeepAliveOptions()
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", _KEEPALIVE.keepalive_time_ms),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE.keepalive_timeout_ms),
+    ("grpc.keepalive_permit_without_calls", _KEEPALIVE.keepalive_permit_without_calls),
+    ("grpc.http2.max_pings_without_data", _KEEPALIVE.http2_max_pings_without_data),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 _OUT_OF_MEMORY = re.compile(
     r"out of memory|outofmemory|CUDA_ERROR_OUT_OF_MEMORY|ALLOC_FAILED|Failed to allocate memory|std::bad_alloc",
     re.IGNORECASE,
@@ -114,7 +132,7 @@ class TritonStages:
         # A grpc.aio channel belongs to the event loop it was made in.
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
-            self._client = grpcaio.InferenceServerClient(self.url)
+            self._client = grpcaio.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS)
             self._client_loop = loop
         return self._client
 
@@ -161,7 +179,10 @@ class TritonStages:
             return ModelUnavailableError(f"model {model} is not available on Triton ({upstream})", **context)
         if not isinstance(error, InferenceServerException | grpc.aio.AioRpcError):
             return ServiceBugError(f"the {stage} stage failed in the orchestrator: {type(error).__name__}", **context)
-        if upstream.lower().removeprefix(f"{model}:").strip().startswith("overloaded"):
+        said = upstream.lower().removeprefix(f"{model}:").strip()
+        if said.startswith("deadline exceeded"):  # a Python model dropped work its caller's deadline left behind
+            return StageTimeoutError(f"{model} stopped: the request's time budget ran out", **context)
+        if said.startswith("overloaded"):
             return ModelOverloadedError(f"{model} is overloaded, retry later", **context)
         if _OUT_OF_MEMORY.search(upstream):
             oom = ModelOutOfMemoryError(f"{model} ran out of memory ({upstream})", **context)
@@ -169,6 +190,38 @@ class TritonStages:
             oom.current_batch_size = max(1, self.in_flight[model])
             return oom
         return ModelError(f"{model} failed: {upstream}", **context)
+
+    # --- deadlines -------------------------------------------------------------------------------
+
+    def _time_left(self, stage: str, model: str, limit_s: float | None = None) -> float:
+        """Seconds this call may take: the stage's own limit, cut to what is left of the request's budget.
+        A request whose budget is spent fails here (504) without calling Triton."""
+        limit_s = self.timeout_s if limit_s is None else limit_s
+        context = current_request()
+        left = context.time_left_s() if context is not None else None
+        if left is None:
+            return limit_s
+        if left <= 0:
+            raise StageTimeoutError(f"the request's time budget ran out before {model} was called", stage=stage,
+                                    model=model, model_version=self.model_versions.get(model, "unknown"))
+        return min(limit_s, left)
+
+    @staticmethod
+    def _deadline_input(model: str, time_left_s: float) -> dict[str, np.ndarray]:
+        """The Python models take the deadline as a tensor (wall clock, ms) and skip work past it."""
+        if model not in MODELS_WITH_DEADLINE:
+            return {}
+        deadline = np.array([int((time.time() + time_left_s) * 1000)], dtype=np.int64)
+        # gpt_decoder takes unbatched inputs (max_batch_size 0); s2mel's carry the batch dimension.
+        return {"deadline_unix_ms": deadline if model == GPT_DECODER else deadline[None]}
+
+    def _enter(self, model: str) -> None:
+        self.in_flight[model] += 1
+        self.metrics.stage_in_flight.labels(model).set(self.in_flight[model])
+
+    def _leave(self, model: str) -> None:
+        self.in_flight[model] -= 1
+        self.metrics.stage_in_flight.labels(model).set(self.in_flight[model])
 
     # --- calls -----------------------------------------------------------------------------------
 
@@ -201,15 +254,16 @@ class TritonStages:
         """One unary call; every input already carries its batch dimension of 1."""
         stage = stage or model
         started = time.perf_counter()
-        self.in_flight[model] += 1
+        time_left = self._time_left(stage, model)
+        self._enter(model)
         try:
             with sentry_sdk.start_span(op="triton.infer", name=model) as span:
                 span.set_data("model", model)
                 try:
                     result = await self.client.infer(
-                        model, self._tensors(inputs),
+                        model, self._tensors({**inputs, **self._deadline_input(model, time_left)}),
                         outputs=[grpcclient.InferRequestedOutput(name) for name in outputs],
-                        client_timeout=self.timeout_s, parameters=self._trace_parameters() or None,
+                        client_timeout=time_left, parameters=self._trace_parameters() or None,
                     )
                     values = {name: result.as_numpy(name) for name in outputs}
                 except Exception as error:  # every failure becomes one typed StageError
@@ -222,7 +276,7 @@ class TritonStages:
                 self.model_versions[model] = result.get_response().model_version or "unknown"
                 return values
         finally:
-            self.in_flight[model] -= 1
+            self._leave(model)
             self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
 
     async def decode(self, inputs: dict[str, np.ndarray], latent_dim: int) -> DecodedCodes:
@@ -235,11 +289,12 @@ class TritonStages:
         latents: list[np.ndarray] = []
         finish_reason = None
         model_version = self.model_versions.get(model, "unknown")
-        self.in_flight[model] += 1
+        time_left = self._time_left(model, model, self.stream_timeout_s)
+        self._enter(model)
         try:
             with sentry_sdk.start_span(op="triton.stream_infer", name=model) as span:
                 span.set_data("model", model)
-                request = {"model_name": model, "inputs": self._tensors(inputs),
+                request = {"model_name": model, "inputs": self._tensors({**inputs, **self._deadline_input(model, time_left)}),
                            "parameters": self._trace_parameters() or None}
 
                 async def requests() -> AsyncIterator[dict]:
@@ -247,7 +302,7 @@ class TritonStages:
 
                 stream = None
                 try:
-                    stream = self.client.stream_infer(requests(), stream_timeout=self.stream_timeout_s)
+                    stream = self.client.stream_infer(requests(), stream_timeout=time_left)
                     async for result, error in stream:
                         if error is not None:
                             raise error
@@ -278,7 +333,7 @@ class TritonStages:
                 span.set_data("codes", int(sum(len(c) for c in codes)))
                 span.set_data("finish_reason", finish_reason)
         finally:
-            self.in_flight[model] -= 1
+            self._leave(model)
             self.metrics.stage_seconds.labels(model).observe(time.perf_counter() - started)
         self.model_versions[model] = model_version
         return DecodedCodes(

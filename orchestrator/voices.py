@@ -13,16 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from orchestrator.errors import InvalidRequestError, VoiceExistsError, VoiceNotFoundError
+from orchestrator.errors import VoiceExistsError, VoiceNotFoundError
 
 VOICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_VOICE_NAME = re.compile(VOICE_NAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -32,15 +30,6 @@ class VoiceRecord:
     duration_s: float
     sample_rate: int
     created_at: str  # ISO 8601, UTC
-
-
-def check_voice_name(name: str, field: str = "name") -> str:
-    if not _VOICE_NAME.match(name or ""):
-        raise InvalidRequestError(
-            f"{field} must be 1-64 characters: letters, digits, '_', '-', '.', starting with a letter or digit",
-            field=field, limit=VOICE_NAME_PATTERN,
-        )
-    return name
 
 
 class VoiceStore:

@@ -100,7 +100,7 @@ def test_exception_inside_a_python_model_is_reported_by_the_model_on_the_request
     assert model_event["level"] == "error" and model_event["tags"]["model"] == "s2mel"
     frames = model_event["data"]["exception"]["values"][-1]["stacktrace"]["frames"]
     functions = [frame.get("function") for frame in frames]
-    assert "execute" in functions and "_served_velocity" in functions, functions
+    assert "_served_velocity" in functions, functions  # the frame that raised, inside the model's batch run
 
 
 def test_short_reference_audio_arrives_as_a_warning_with_its_duration(client, bugsink_server):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -445,3 +447,11 @@ def test_min_codes_above_max_codes_or_negative_is_422(client, transport, voice_w
 def test_openapi_documents_min_codes(client):
     form = client.get("/openapi.json").json()["components"]["schemas"]["TtsForm"]["properties"]
     assert "min_new_tokens" in form["min_codes"]["description"] and form["min_codes"]["anyOf"][0]["minimum"] == 0
+
+
+def test_importing_the_service_does_not_import_the_networks():
+    # The orchestrator reads constants and small files; torch models and transformers stay out of it.
+    code = ("import sys, orchestrator.app; "
+            "print(sorted(m for m in sys.modules if m.startswith('indextts2.networks') or m == 'transformers'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert result.stdout.strip() == "[]"

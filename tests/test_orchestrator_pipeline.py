@@ -81,7 +81,7 @@ def test_emotion_vector_is_mixed_as_the_eager_pipeline_does(eager, pipeline, wit
 
 def test_text_is_segmented_as_the_eager_pipeline_does(eager, pipeline):
     text = "The quick brown fox jumps over the lazy dog. " * 12 + "今天天气很好，我们一起去公园散步吧。"
-    assert pipeline.segment_text(text) == eager.networks.text_frontend.split_segments(text, 120)
+    assert asyncio.run(pipeline.segment_text(text)) == eager.networks.text_frontend.split_segments(text, 120)
 
 
 def test_conditioning_cache_evicts_the_least_recently_used():

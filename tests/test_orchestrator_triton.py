@@ -6,6 +6,7 @@ real Bugsink server live elsewhere)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import threading
@@ -124,7 +125,7 @@ def test_tts_returns_a_valid_wav_of_plausible_length(client, events):
     assert (rate, info.channels, info.subtype) == (22050, 1, "PCM_16")
     seconds = samples.shape[0] / rate
     assert float(response.headers["x-audio-seconds"]) == pytest.approx(seconds, abs=1e-3)
-    segments = len(client.app.state.service.pipeline.segment_text(TEXT))
+    segments = len(asyncio.run(client.app.state.service.pipeline.segment_text(TEXT)))
     assets = client.app.state.service.assets
     longest = segments * (assets.default_max_codes * 1.72 * 256 / 22050 + 0.2)
     assert 0.0 < seconds <= longest

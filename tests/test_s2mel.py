@@ -14,6 +14,7 @@ from golden import load_golden
 
 from indextts2.checkpoint import CheckpointError
 from indextts2.config import load_config
+from indextts2.engine.s2mel_batch import padding_waste, plan_s2mel_batches
 from indextts2.networks.length_regulator import nearest_source_indices
 from indextts2.networks.s2mel import S2Mel, build_s2mel, load_s2mel, s2mel_official_checkpoint
 
@@ -152,10 +153,10 @@ def test_cfm_draws_the_official_noise_from_the_global_rng(model, golden_tiny):
     assert max_err(cfm_call(model, g, float(g["inference_cfg_rate"]), None), g["out"]) < CHAIN_TOL
 
 
-def test_cfm_batched_rows_of_different_lengths_equal_each_row_alone(model, golden_tiny):
-    g = load_golden(golden_tiny, "s2mel_cfm")
+def two_row_batch(g: dict) -> tuple[dict, list[tuple], list[int], list[int]]:
+    """The golden CFM input as row 0 and, padded to its length, a shorter row 1 with another prompt
+    length and style: (inference kwargs, per-row (mu, prompt, style, noise), lengths, prompt lengths)."""
     mu, prompt, style, noise = t(g["mu"]), t(g["prompt"]), t(g["style"]), t(g["noise"])
-    steps, cfg_rate = int(g["n_timesteps"]), float(g["inference_cfg_rate"])
     total, (mels, prompt_len) = mu.shape[1], prompt.shape[1:]
     short = total * 4 // 5
     short_prompt = min(prompt_len, short) * 2 // 3
@@ -175,14 +176,97 @@ def test_cfm_batched_rows_of_different_lengths_equal_each_row_alone(model, golde
     batch_noise = torch.zeros(2, mels, total)
     for b, (m, p, _, n) in enumerate(rows):
         batch_mu[b, : m.shape[1]], batch_prompt[b, :, : p.shape[-1]], batch_noise[b, :, : n.shape[-1]] = m[0], p[0], n[0]
-    batched = model.cfm.inference(
-        batch_mu, torch.tensor(lengths), batch_prompt, torch.cat([r[2] for r in rows]), steps,
-        cfg_rate=cfg_rate, noise=batch_noise, prompt_lens=torch.tensor(prompt_lens),
-    )
+    kwargs = {
+        "mu": batch_mu, "x_lens": torch.tensor(lengths), "prompt": batch_prompt, "style": torch.cat([r[2] for r in rows]),
+        "n_timesteps": int(g["n_timesteps"]), "cfg_rate": float(g["inference_cfg_rate"]), "noise": batch_noise,
+        "prompt_lens": torch.tensor(prompt_lens),
+    }
+    return kwargs, rows, lengths, prompt_lens
+
+
+def test_cfm_batched_rows_of_different_lengths_equal_each_row_alone(model, golden_tiny):
+    g = load_golden(golden_tiny, "s2mel_cfm")
+    kwargs, rows, lengths, prompt_lens = two_row_batch(g)
+    batched = model.cfm.inference(**kwargs)
     for b, (m, p, s, n) in enumerate(rows):
-        alone = model.cfm.inference(m, torch.tensor([lengths[b]]), p, s, steps, cfg_rate=cfg_rate, noise=n)
+        alone = model.cfm.inference(m, torch.tensor([lengths[b]]), p, s, kwargs["n_timesteps"],
+                                    cfg_rate=kwargs["cfg_rate"], noise=n)
         assert max_err(batched[b : b + 1, :, : lengths[b]], alone.numpy()) < CHAIN_TOL
         assert torch.all(batched[b, :, : prompt_lens[b]] == 0) and torch.all(batched[b, :, lengths[b] :] == 0)
+
+
+def test_cfm_row_that_leaves_between_steps_stops_costing_and_leaves_the_other_row_unchanged(model, golden_tiny):
+    g = load_golden(golden_tiny, "s2mel_cfm")
+    kwargs, _, lengths, _ = two_row_batch(g)
+    full = model.cfm.inference(**kwargs)
+    shapes: list[tuple[int, ...]] = []
+
+    def recording_velocity(*inputs):
+        shapes.append(tuple(inputs[0].shape))
+        return model.cfm._estimate(*inputs)
+
+    steps = kwargs["n_timesteps"]
+    assert steps >= 3
+    gone = torch.tensor([False, False])
+
+    def rows_gone() -> torch.Tensor:
+        if len(shapes) == 2:  # the long row 0 leaves after two steps
+            gone[0] = True
+        return gone
+
+    out = model.cfm.inference(**kwargs, velocity_fn=recording_velocity, rows_gone=rows_gone)
+    assert torch.all(out[0] == 0)
+    assert max_err(out[1:2], full[1:2].numpy()) < CHAIN_TOL
+    # With guidance every row runs twice; after it left, only row 1 runs, cut to its own length.
+    assert shapes[:2] == [(4, 80, lengths[0])] * 2
+    assert shapes[2:] == [(2, 80, lengths[1])] * (steps - 2)
+
+
+def test_cfm_stops_when_every_row_is_gone(model, golden_tiny):
+    g = load_golden(golden_tiny, "s2mel_cfm")
+    kwargs, _, _, _ = two_row_batch(g)
+    calls = []
+    out = model.cfm.inference(**kwargs, velocity_fn=lambda *inputs: calls.append(1) or model.cfm._estimate(*inputs),
+                              rows_gone=lambda: torch.tensor([True, True]))
+    assert calls == [] and torch.all(out == 0)
+
+
+# ---------------------------------------------------------------- batch planning (by cost)
+
+
+def test_plan_groups_mixed_prompt_lengths_by_cost_within_the_waste_limit():
+    # 3 / 6 / 10 s prompts (258 / 517 / 861 frames) + 2 s of speech (172), arriving mixed: one batch in
+    # arrival order would pad 44% beyond its real frames.
+    costs = [1033, 430, 689, 1040, 432, 700]
+    assert padding_waste(costs) > 0.4
+    batches = plan_s2mel_batches(costs, frame_budget=100_000, max_padding_waste=0.25)
+    assert batches == [[1, 4], [2, 5], [0, 3]]  # cheapest first
+    assert all(padding_waste([costs[i] for i in batch]) <= 0.25 for batch in batches)
+
+
+def test_plan_keeps_each_batch_within_the_frame_budget_and_runs_a_request_over_it_alone():
+    assert plan_s2mel_batches([500] * 4, frame_budget=1024, max_padding_waste=0.25) == [[0, 1], [2, 3]]
+    assert plan_s2mel_batches([500] * 3, frame_budget=400, max_padding_waste=0.25) == [[0], [1], [2]]
+    assert plan_s2mel_batches([], frame_budget=1024, max_padding_waste=0.25) == []
+
+
+def test_plan_never_batches_requests_with_different_steps_or_guidance():
+    keys = [(25, 0.7), (10, 0.7), (25, 0.0), (25, 0.7)]
+    batches = plan_s2mel_batches([300] * 4, frame_budget=10_000, max_padding_waste=0.25, keys=keys)
+    assert sorted(batches) == [[0, 3], [1], [2]]
+
+
+def test_plan_puts_every_request_in_exactly_one_batch_within_both_limits():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        costs = [int(c) for c in rng.integers(50, 2000, rng.integers(1, 9))]
+        budget, waste = int(rng.integers(100, 8000)), float(rng.choice([0.0, 0.1, 0.25, 0.5]))
+        batches = plan_s2mel_batches(costs, budget, waste)
+        assert sorted(i for batch in batches for i in batch) == list(range(len(costs)))
+        for batch in batches:
+            rows = [costs[i] for i in batch]
+            if len(rows) > 1:
+                assert len(rows) * max(rows) <= budget and padding_waste(rows) <= waste + 1e-9
 
 
 # ---------------------------------------------------------------- pipeline tail

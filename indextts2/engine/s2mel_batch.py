@@ -5,11 +5,14 @@ condition, reference mel, style) and settings. Requests with the same number of 
 guidance rate run as one padded batch through the length regulator and the flow-matching solver;
 per-row lengths and masks make every row equal what it computes alone (given the same noise, which
 is drawn per request from its own seed).
+
+Which requests share a batch is `plan_s2mel_batches`' decision (by cost, not by arrival): padding a
+short row to a long one is work thrown away, so a batch is only formed where it stays small.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +50,55 @@ class S2MelRequest:
         if self.diffusion_steps < 1:
             raise ValueError(f"diffusion_steps must be at least 1, got {self.diffusion_steps}")
 
+    @property
+    def frames(self) -> int:
+        """The row length the DiT runs on: prompt frames + generated frames (its cost per step)."""
+        return int(self.prompt_condition.shape[0]) + target_mel_frames(int(self.codes.shape[0]), self.duration_ratio)
+
+    @property
+    def batch_key(self) -> tuple[int, float]:
+        """Requests share a batch only when these agree: one Euler loop, one guidance rate."""
+        return self.diffusion_steps, float(self.cfg_rate)
+
+
+def padding_waste(costs: Sequence[int]) -> float:
+    """Frames a padded batch computes beyond its rows' own: rows x longest / sum of rows - 1."""
+    return len(costs) * max(costs) / sum(costs) - 1.0
+
+
+def plan_s2mel_batches(
+    costs: Sequence[int],
+    frame_budget: int,
+    max_padding_waste: float,
+    keys: Sequence[Hashable] | None = None,
+) -> list[list[int]]:
+    """Group requests (by index) into padded batches, the cheapest batch first.
+
+    costs: each request's row length (`S2MelRequest.frames`). A batch holds only requests of one key
+    (`S2MelRequest.batch_key`), pads to at most `frame_budget` frames in all (rows x longest) and to at
+    most `max_padding_waste` beyond its real frames (see `padding_waste`). A request over the budget
+    on its own runs alone. Greedy over requests sorted by cost: neighbours in that order pad least.
+    """
+    keys = keys if keys is not None else [None] * len(costs)
+    by_key: dict[Hashable, list[int]] = {}
+    for index in sorted(range(len(costs)), key=lambda i: (costs[i], i)):
+        by_key.setdefault(keys[index], []).append(index)
+    batches: list[list[int]] = []
+    for indices in by_key.values():
+        batch: list[int] = []
+        real = 0
+        for index in indices:
+            # Sorted: this request is the longest so far, so the padded size becomes rows x its cost.
+            padded = (len(batch) + 1) * costs[index]
+            if batch and (padded > frame_budget or padded > (1.0 + max_padding_waste) * (real + costs[index])):
+                batches.append(batch)
+                batch, real = [], 0
+            batch.append(index)
+            real += costs[index]
+        batches.append(batch)
+    # Cheapest first (padded frames): short requests do not wait behind long ones.
+    return sorted(batches, key=lambda batch: (len(batch) * max(costs[i] for i in batch), batch[0]))
+
 
 class S2MelBatcher:
     def __init__(self, s2mel: S2Mel, codec: RepCodec, device: str | torch.device = "cpu"):
@@ -56,19 +108,34 @@ class S2MelBatcher:
         self.dtype = next(s2mel.parameters()).dtype
 
     @torch.inference_mode()
-    def run(self, requests: Sequence[S2MelRequest], velocity_fn: VelocityFn | None = None) -> list[torch.Tensor]:
-        """Generated mel (80, T_i) per request (prompt frames cropped), in request order."""
+    def run(
+        self,
+        requests: Sequence[S2MelRequest],
+        velocity_fn: VelocityFn | None = None,
+        rows_gone: Callable[[], Sequence[bool]] | None = None,
+    ) -> list[torch.Tensor | None]:
+        """Generated mel (80, T_i) per request (prompt frames cropped), in request order.
+
+        Requests of one `batch_key` run as one padded batch. rows_gone, asked between diffusion steps,
+        says per request whether its caller is gone: such a request stops costing compute at once,
+        and its result is None.
+        """
         for request in requests:
             request.validate()
         results: list[torch.Tensor | None] = [None] * len(requests)
         groups: dict[tuple[int, float], list[int]] = {}
         for index, request in enumerate(requests):
-            groups.setdefault((request.diffusion_steps, float(request.cfg_rate)), []).append(index)
+            groups.setdefault(request.batch_key, []).append(index)
         for (steps, cfg_rate), indices in groups.items():
-            mels = self._run_group([requests[i] for i in indices], steps, cfg_rate, velocity_fn)
+            group_gone = None
+            if rows_gone is not None:
+                def group_gone(indices=indices) -> torch.Tensor:
+                    gone = rows_gone()
+                    return torch.tensor([bool(gone[i]) for i in indices])
+            mels = self._run_group([requests[i] for i in indices], steps, cfg_rate, velocity_fn, group_gone)
             for index, mel in zip(indices, mels):
                 results[index] = mel
-        return results  # type: ignore[return-value]
+        return results
 
     def _pad_stack(self, tensors: list[torch.Tensor], axis: int) -> torch.Tensor:
         longest = max(t.shape[axis] for t in tensors)
@@ -80,8 +147,13 @@ class S2MelBatcher:
         return torch.stack(padded)
 
     def _run_group(
-        self, requests: list[S2MelRequest], steps: int, cfg_rate: float, velocity_fn: VelocityFn | None
-    ) -> list[torch.Tensor]:
+        self,
+        requests: list[S2MelRequest],
+        steps: int,
+        cfg_rate: float,
+        velocity_fn: VelocityFn | None,
+        rows_gone: Callable[[], torch.Tensor] | None,
+    ) -> list[torch.Tensor | None]:
         device, dtype = self.device, self.dtype
         code_lens = torch.tensor([r.codes.shape[0] for r in requests], device=device)
         codes = self._pad_stack([r.codes.to(device) for r in requests], 0)
@@ -112,6 +184,8 @@ class S2MelBatcher:
 
         mel = self.s2mel.cfm.inference(
             mu, x_lens, prompt, style, steps, cfg_rate=cfg_rate, noise=noise,
-            prompt_lens=torch.tensor(prompt_lens, device=device), velocity_fn=velocity_fn,
+            prompt_lens=torch.tensor(prompt_lens, device=device), velocity_fn=velocity_fn, rows_gone=rows_gone,
         )
-        return [mel[i, :, prompt_lens[i] : int(x_lens[i])].float() for i in range(len(requests))]
+        # Asked once more: a row that left the batch came back as zeros, which is no result.
+        gone = rows_gone() if rows_gone is not None else torch.zeros(len(requests), dtype=torch.bool)
+        return [None if gone[i] else mel[i, :, prompt_lens[i] : int(x_lens[i])].float() for i in range(len(requests))]

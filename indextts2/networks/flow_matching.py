@@ -10,6 +10,9 @@ Batching: the official call is batch 1 with one prompt length. Here every row ha
 length `x_lens[b]` and prompt length `prompt_lens[b]`, and each row of a padded batch comes out equal
 to what it gives alone (given the same noise): the DiT masks keys per row and reflects its WaveNet
 padding at each row's own end. Frames past x_lens[b] are returned as zeros.
+
+Because of that, rows may also leave a batch between steps (`rows_gone`): a row whose caller went away
+stops costing compute, the batch is cut to its longest remaining row, and the others are unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from indextts2.networks.dit import DiT, sequence_mask
 # (x, prompt_x, x_lens, t, style, mu) -> velocity: the DiT, or a served copy of it (Triton BLS).
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
                       torch.Tensor]
+# () -> (B,) bool, True for each row (of the batch as called) whose result is no longer wanted.
+RowsGoneFn = Callable[[], torch.Tensor]
 
 
 class CFM(nn.Module):
@@ -77,6 +82,7 @@ class CFM(nn.Module):
         generator: torch.Generator | None = None,
         prompt_lens: torch.Tensor | None = None,
         velocity_fn: VelocityFn | None = None,
+        rows_gone: RowsGoneFn | None = None,
     ) -> torch.Tensor:
         """mu (B, T, C) condition, x_lens (B,), prompt (B, 80, Tp) reference mel, style (B, 192) -> mel (B, 80, T).
 
@@ -84,6 +90,7 @@ class CFM(nn.Module):
         `generator` (or the global torch RNG, as the official code does). prompt_lens: (B,) prompt
         frames per row; None means all Tp frames of `prompt` for every row (the official call).
         The returned mel is zero on each row's prompt frames and past its x_lens.
+        rows_gone: asked before each step; rows it marks leave the batch and come back all zeros.
         """
         batch, length = mu.shape[0], mu.shape[1]
         if noise is None:
@@ -104,12 +111,27 @@ class CFM(nn.Module):
         prompt_x = prompt_x * in_prompt.to(mu.dtype)
 
         x = noise * temperature * keep
+        running, lens = torch.arange(batch, device=mu.device), x_lens  # rows (of the call) still in the batch
         t_span = torch.linspace(0, 1, n_timesteps + 1, device=mu.device)
         t = t_span[0]
         for step in range(1, n_timesteps + 1):
+            if rows_gone is not None:
+                stay = ~rows_gone().to(mu.device)[running]
+                if not stay.all():
+                    if not stay.any():
+                        return torch.zeros_like(noise)
+                    running, lens = running[stay], lens[stay]
+                    # Padding past the longest remaining row is dropped too: rows do not depend on it.
+                    length = int(lens.max())
+                    x, prompt_x, keep = x[stay, :, :length], prompt_x[stay, :, :length], keep[stay, :, :length]
+                    mu, style = mu[stay, :length], style[stay]
             dt = t_span[step] - t_span[step - 1]
-            velocity = self.guided_velocity(x, prompt_x, x_lens, t.expand(batch), style, mu, cfg_rate, velocity_fn)
+            velocity = self.guided_velocity(x, prompt_x, lens, t.expand(len(running)), style, mu, cfg_rate, velocity_fn)
             # Accumulating t (rather than reading t_span[step]) is what the official solver does.
             x = (x + dt * velocity) * keep
             t = t + dt
-        return x
+        if len(running) == batch:
+            return x
+        out = torch.zeros_like(noise)
+        out[running, :, : x.shape[-1]] = x
+        return out

@@ -79,7 +79,7 @@ class TritonPythonModel:
             max_slots=int(_parameter(config, "max_slots", "16")),
             max_waiting=int(_parameter(config, "max_waiting", "64")),
             device=device,
-            use_cuda_graphs=_parameter(config, "use_cuda_graphs", "true").lower() == "true",
+            use_cuda_graphs=_parameter(config, "use_cuda_graphs", "false").lower() == "true",
             events=self._events,
         )
         self.telemetry = ModelTelemetry(args["model_name"], args["model_version"], device)

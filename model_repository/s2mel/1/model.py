@@ -1,30 +1,58 @@
-"""Triton adapter for s2mel: requests -> `S2MelRequest`s -> one `S2MelBatcher.run` -> responses.
+"""Triton adapter for s2mel: requests -> `S2MelRequest`s -> padded batches -> responses.
 
 The math is in `indextts2` (networks, `indextts2.engine.s2mel_batch`); this file only turns Triton
-tensors into requests and mel back into responses. Weights come from `1/weights/` (written by
-`python -m export`): config.yaml, s2mel.pth and the semantic codec, in the official layout.
+tensors into requests, runs the batches `plan_s2mel_batches` forms from them (cheapest first, each
+answered as soon as it is done), skips the requests whose caller is gone, and turns mel back into
+responses. Weights come from `1/weights/` (written by `python -m export`): config.yaml, s2mel.pth and
+the semantic codec, in the official layout.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
 from indextts2.config import load_config
-from indextts2.engine.s2mel_batch import S2MelBatcher, S2MelRequest
+from indextts2.engine.s2mel_batch import S2MelBatcher, S2MelRequest, padding_waste, plan_s2mel_batches
 from indextts2.engine.telemetry import ModelTelemetry
 from indextts2.networks.s2mel import load_s2mel
 from indextts2.networks.semantic_codec import load_semantic_codec
 
 DEFAULTS = {"duration_ratio": 1.0, "diffusion_steps": 25, "cfg_rate": 0.7}
+WASTE_BUCKETS = [0.0, 0.05, 0.1, 0.25, 0.5, 1.0]
+# The error messages the orchestrator maps (504 for a deadline; a cancelled caller reads nothing).
+DEADLINE_EXCEEDED = "deadline exceeded"
+CANCELLED = "cancelled"
 
 
 def _parameter(config: dict, key: str, default: str) -> str:
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+@dataclass
+class _Call:
+    """One Triton request on its way through `execute`."""
+
+    request: Any  # pb_utils.InferenceRequest
+    sender: Any  # its response sender: one final response each
+    headers: dict[str, str]
+    item: S2MelRequest
+    deadline_s: float | None  # Unix time after which the caller no longer wants the result
+
+    def gone(self) -> str | None:
+        """Why the caller no longer wants the result, or None while it does. Once gone, gone for good."""
+        if self.deadline_s is not None and time.time() >= self.deadline_s:
+            return DEADLINE_EXCEEDED
+        if self.request.is_cancelled():
+            return CANCELLED
+        return None
 
 
 class TritonPythonModel:
@@ -44,40 +72,114 @@ class TritonPythonModel:
         self.estimator = _parameter(config, "estimator", "torch")
         if self.estimator not in ("torch", "triton"):
             raise ValueError(f"s2mel: parameter estimator must be 'torch' or 'triton', not {self.estimator!r}")
+        # The batch limits are per device kind: see config.pbtxt for the measurements behind them.
+        budget_key = "frame_budget_gpu" if torch.device(device).type == "cuda" else "frame_budget_cpu"
+        self.frame_budget = int(_parameter(config, budget_key, "0"))
+        self.max_padding_waste = float(_parameter(config, "max_padding_waste", "0"))
+        if self.frame_budget < 0 or self.max_padding_waste < 0:
+            raise ValueError(f"s2mel: {budget_key} and max_padding_waste must not be negative")
+        self._metrics(args["model_name"], args["model_version"])
 
-    def execute(self, requests: list) -> list:
-        responses: list = [None] * len(requests)
-        parsed: list[tuple[int, S2MelRequest]] = []
-        headers = [ModelTelemetry.trace_headers(request) for request in requests]
-        for index, request in enumerate(requests):
+    def _metrics(self, model: str, version: str) -> None:
+        """Custom metrics on Triton's /metrics, labelled like Triton's own (model, version)."""
+        labels = {"model": model, "version": version}
+        waste = pb_utils.MetricFamily(
+            name="s2mel_batch_padding_waste",
+            description="Per padded batch run: rows x longest row / sum of rows - 1 (0 = no padding)",
+            kind=pb_utils.MetricFamily.HISTOGRAM,
+        )
+        self.waste_metric = waste.Metric(labels=labels, buckets=WASTE_BUCKETS)
+        frames = pb_utils.MetricFamily(
+            name="s2mel_batch_frames_total",
+            description="Frames of the padded batches run, per diffusion step: padded (rows x longest) and real",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.padded_frames = frames.Metric(labels={**labels, "kind": "padded"})
+        self.real_frames = frames.Metric(labels={**labels, "kind": "real"})
+        stopped = pb_utils.MetricFamily(
+            name="s2mel_requests_stopped_total",
+            description="Requests answered with an error instead of a mel because their caller was gone",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.stopped = {
+            reason: stopped.Metric(labels={**labels, "reason": reason.replace(" ", "_")})
+            for reason in (DEADLINE_EXCEEDED, CANCELLED)
+        }
+        # A family must outlive its metrics (the backend fails a metric whose family was collected).
+        self.metric_families = [waste, frames, stopped]
+
+    def execute(self, requests: list) -> None:
+        """Answers every request through its response sender (one final response each), so that a
+        batch's requests get their mel as soon as it is done, not when the last batch is."""
+        calls: list[_Call] = []
+        for request in requests:
+            sender = request.get_response_sender()
+            headers = ModelTelemetry.trace_headers(request)
             try:
-                item = self._parse(request)
+                item, deadline_s = self._parse(request)
                 item.validate()
-                parsed.append((index, item))
             except Exception as error:  # noqa: BLE001 - one bad request must not fail the others
-                self.telemetry.report(error, headers[index], {"batch_size": len(requests)})
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"s2mel: {error}"))
-        if parsed:
-            velocity_fn = self._served_velocity if self.estimator == "triton" else None
-            try:
-                mels = self.batcher.run([item for _, item in parsed], velocity_fn=velocity_fn)
-            except Exception as error:  # noqa: BLE001
-                for index, item in parsed:
-                    self.telemetry.report(error, headers[index], {
-                        "batch_size": len(parsed), "codes": int(item.codes.shape[0]),
-                        "duration_ratio": item.duration_ratio, "diffusion_steps": item.diffusion_steps,
-                    })
-                    responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"s2mel: {error}"))
-                return responses
-            for (index, _), mel in zip(parsed, mels):
-                tensor = pb_utils.Tensor("mel", np.ascontiguousarray(mel.cpu().numpy()[None]))
-                responses[index] = pb_utils.InferenceResponse(output_tensors=[tensor])
-        return responses
+                self.telemetry.report(error, headers, {"batch_size": len(requests)})
+                self._send_error(sender, f"s2mel: {error}")
+                continue
+            calls.append(_Call(request, sender, headers, item, deadline_s))
+        # One batch at a time, planned again after each: a request whose caller left while an earlier
+        # batch ran is dropped before it costs anything, and the rest may then group differently.
+        while calls := [call for call in calls if not self._stopped(call)]:
+            plan = plan_s2mel_batches([call.item.frames for call in calls], self.frame_budget,
+                                      self.max_padding_waste, [call.item.batch_key for call in calls])
+            self._run([calls[i] for i in plan[0]])
+            calls = [call for i, call in enumerate(calls) if i not in plan[0]]
+
+    def _run(self, batch: list[_Call]) -> None:
+        frames = [call.item.frames for call in batch]
+        self.waste_metric.observe(padding_waste(frames))
+        self.padded_frames.increment(len(frames) * max(frames))
+        self.real_frames.increment(sum(frames))
+        velocity_fn = self._served_velocity if self.estimator == "triton" else None
+        try:
+            mels = self.batcher.run([call.item for call in batch], velocity_fn=velocity_fn,
+                                    rows_gone=lambda: [call.gone() is not None for call in batch])
+        except Exception as error:  # noqa: BLE001
+            for call in batch:
+                self.telemetry.report(error, call.headers, {
+                    "batch_size": len(batch), "codes": int(call.item.codes.shape[0]),
+                    "duration_ratio": call.item.duration_ratio, "diffusion_steps": call.item.diffusion_steps,
+                })
+                self._send_error(call.sender, f"s2mel: {error}")
+            return
+        for call, mel in zip(batch, mels):
+            if mel is None:  # it left the batch between steps, its caller gone (for good)
+                if not self._stopped(call):
+                    self._send_error(call.sender, "s2mel: stopped between diffusion steps")
+                continue
+            tensor = pb_utils.Tensor("mel", np.ascontiguousarray(mel.cpu().numpy()[None]))
+            call.sender.send(pb_utils.InferenceResponse(output_tensors=[tensor]),
+                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _stopped(self, call: _Call) -> bool:
+        """Answer the request with an error if its caller is gone (deadline passed, or cancelled)."""
+        reason = call.gone()
+        if reason is None:
+            return False
+        self.stopped[reason].increment(1)
+        if reason == DEADLINE_EXCEEDED:
+            late_ms = time.time() * 1000 - call.deadline_s * 1000
+            self._send_error(call.sender, f"s2mel: {DEADLINE_EXCEEDED}: the caller's deadline passed {late_ms:.0f} ms ago")
+        else:
+            self._send_error(call.sender, f"s2mel: {CANCELLED} by the caller", pb_utils.TritonError.CANCELLED)
+        return True
+
+    @staticmethod
+    def _send_error(sender, message: str, code: int | None = None) -> None:
+        error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+        sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def finalize(self) -> None:
         self.telemetry.flush()
 
-    def _parse(self, request) -> S2MelRequest:
+    def _parse(self, request) -> tuple[S2MelRequest, float | None]:
+        """The request, and its caller's deadline (Unix time, seconds) when it sent one."""
         def array(name: str) -> np.ndarray | None:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
@@ -92,6 +194,8 @@ class TritonPythonModel:
             return cast(DEFAULTS[name]) if value is None else cast(value.reshape(-1)[0])
 
         seed = array("seed")
+        deadline_ms = array("deadline_unix_ms")
+        deadline_s = None if deadline_ms is None else int(deadline_ms.reshape(-1)[0]) / 1000.0
         return S2MelRequest(
             codes=torch.from_numpy(array("semantic_codes").astype(np.int64)),
             latents=torch.from_numpy(array("code_latents")),
@@ -102,7 +206,7 @@ class TritonPythonModel:
             diffusion_steps=scalar("diffusion_steps", int),
             cfg_rate=scalar("cfg_rate", float),
             seed=None if seed is None else int(seed.reshape(-1)[0]),
-        )
+        ), deadline_s
 
     def _served_velocity(self, x, prompt_x, x_lens, t, style, mu) -> torch.Tensor:
         """The DiT as served by `s2mel_estimator` (BLS): on a GPU that model runs under TensorRT."""

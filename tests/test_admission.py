@@ -1,0 +1,116 @@
+"""Admission control: the estimate (pure, with a fake clock) and the service refusing at the door with
+503 + Retry-After before a byte of the upload is read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from orchestrator.admission import BUDGET_SHARE, MIN_MEASURED, Admission, Refusal, Ticket
+from orchestrator.app import create_app
+from orchestrator.settings import Settings
+
+
+def _measure(admission: Admission, work_s: float, count: int, start: float = 0.0) -> float:
+    """`count` requests, one at a time, each taking `work_s`: returns the clock after them."""
+    now = start
+    for _ in range(count):
+        ticket = admission.admit(1e9, now=now)
+        assert isinstance(ticket, Ticket)
+        now += work_s
+        admission.release(ticket, succeeded=True, now=now)
+    return now
+
+
+def test_work_is_the_machine_time_a_request_got_under_processor_sharing():
+    admission = Admission(max_in_flight=10)
+    # Two requests side by side for 4 s: each had half the machine, 2 s of work.
+    first, second = admission.admit(100, now=0.0), admission.admit(100, now=0.0)
+    admission.release(first, True, now=4.0)
+    admission.release(second, True, now=4.0)
+    _measure(admission, 2.0, MIN_MEASURED - 2, start=4.0)
+    assert admission.work_per_request_s == pytest.approx(2.0)
+
+
+def test_nothing_is_refused_before_the_work_is_measured_but_the_in_flight_cap():
+    admission = Admission(max_in_flight=2)
+    assert isinstance(admission.admit(0.001, now=0.0), Ticket)
+    assert isinstance(admission.admit(0.001, now=0.0), Ticket)
+    refusal = admission.admit(100, now=0.0)
+    assert isinstance(refusal, Refusal) and refusal.reason == "in_flight_limit" and refusal.retry_after_s >= 1
+
+
+def test_a_request_that_cannot_finish_within_its_budget_is_refused_with_the_time_to_drain():
+    admission = Admission(max_in_flight=100)
+    now = _measure(admission, 2.0, MIN_MEASURED)
+    tickets = [admission.admit(1000, now=now) for _ in range(9)]  # 9 in flight: a 10th finishes after ~20 s
+    assert all(isinstance(ticket, Ticket) for ticket in tickets)
+    assert admission.expected_finish_s() == pytest.approx(20.0)
+    assert isinstance(admission.admit(20.0 / BUDGET_SHARE + 0.1, now=now), Ticket)  # fits: now 10 in flight
+    refusal = admission.admit(10.0, now=now)  # 11th: 22 s of work against 8 s usable
+    assert isinstance(refusal, Refusal) and refusal.reason == "deadline"
+    assert refusal.retry_after_s == 22 - 8
+    assert admission.in_flight == 10
+
+
+def test_failed_requests_do_not_teach_the_estimate():
+    admission = Admission(max_in_flight=10)
+    ticket = admission.admit(100, now=0.0)
+    admission.release(ticket, succeeded=False, now=0.001)  # a 422 is fast and says nothing of the work
+    assert admission.work_per_request_s is None and admission.in_flight == 0
+
+
+# --- the service ---
+
+
+@pytest.fixture()
+def app(demo_checkpoint, tmp_path):
+    # No Triton behind it: a refusal at the door must not need one.
+    settings = Settings(checkpoint_dir=demo_checkpoint.model_dir, triton_grpc_url="127.0.0.1:1",
+                        voices_dir=tmp_path, max_in_flight_requests=2, request_timeout_s=30.0)
+    return create_app(settings)
+
+
+def _call(app, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict, bytes, int]:
+    """One request straight through the ASGI app; returns (status, headers, body, body reads)."""
+    reads = 0
+    messages = []
+
+    async def receive():
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": b"--x\r\n" * 1000, "more_body": False}
+
+    async def send(message):
+        messages.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}, body, reads
+
+
+@pytest.mark.parametrize("path", ["/v1/tts", "/v1/audio/speech"])
+def test_an_overloaded_service_answers_503_with_retry_after_without_reading_the_upload(app, path):
+    admission = app.state.admission
+    held = [admission.admit(30.0), admission.admit(30.0)]  # the service is at its cap of 2
+    status, headers, body, reads = _call(app, path, [(b"content-type", b"multipart/form-data; boundary=x"),
+                                                     (b"content-length", b"5000")])
+    assert status == 503 and reads == 0
+    assert int(headers["retry-after"]) >= 1
+    error = json.loads(body)["error"]
+    assert error["type"] == "overloaded" and error["request_id"] == headers["x-request-id"]
+    assert b'tts_requests_refused_total{reason="in_flight_limit"} 1.0' in app.state.metrics.render()
+    for ticket in held:
+        admission.release(ticket, succeeded=False)
+
+
+def test_a_bad_request_timeout_header_is_422_naming_it(app):
+    status, _, body, reads = _call(app, "/v1/tts", [(b"x-request-timeout", b"soon")])
+    assert status == 422 and reads == 0
+    assert json.loads(body)["error"]["field"] == "X-Request-Timeout"
