@@ -78,3 +78,4 @@ class ModelTelemetry:
     def flush(self) -> None:
         if self.enabled:
             sentry_sdk.flush(timeout=2)
+

@@ -33,6 +33,7 @@ from indextts2.engine import (
     SamplingConfig,
     StopReason,
 )
+from indextts2.engine.cpu_threads import set_torch_threads
 from indextts2.engine.telemetry import ModelTelemetry
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class _InFlight:
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
+        set_torch_threads(config)
         if not pb_utils.using_decoupled_model_transaction_policy(config):
             raise ValueError("gpt_decoder must be decoupled (model_transaction_policy { decoupled: true })")
         device = _parameter(config, "device", "auto")

@@ -20,6 +20,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from indextts2.config import load_config
+from indextts2.engine.cpu_threads import set_torch_threads
 from indextts2.engine.s2mel_batch import S2MelBatcher, S2MelRequest, padding_waste, plan_s2mel_batches
 from indextts2.engine.telemetry import ModelTelemetry
 from indextts2.networks.s2mel import load_s2mel
@@ -58,6 +59,7 @@ class _Call:
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
+        set_torch_threads(config)
         weights = Path(args["model_repository"]) / args["model_version"] / "weights"
         model_config = load_config(weights / "config.yaml")
         device = _parameter(config, "device", "auto")
