@@ -59,6 +59,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from indextts2 import defaults
 from orchestrator.testing import speech_like_wav
 
 WAV_HEADER_BYTES = 44  # orchestrator.wav's header, whole or streamed
@@ -115,7 +116,7 @@ class SynthesisControls:
     """The form fields every request of a run shares."""
 
     codes: int | None = 60  # min_codes = max_codes; None: the model decides when to stop
-    diffusion_steps: int = 25
+    diffusion_steps: int = defaults.DIFFUSION_STEPS
     stream: bool = False
     # The time budget sent as X-Request-Timeout; the client gives up CLIENT_GRACE_S later. None: no header,
     # no client limit.

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 # change of traffic within seconds.
 WORK_WINDOW = 32
 MIN_MEASURED = 3  # requests measured before the estimate is trusted
-# A request is admitted only if its expected finish leaves this share of its budget spare: the estimate
-# is a mean, and a request that is admitted must not time out.
-BUDGET_SHARE = 0.8
+# A request is admitted only if its expected finish is within this share of its budget: the estimate is a
+# mean over requests of different lengths (a 3-segment text costs 3x a 1-segment one), and an admitted
+# request must not time out. Measured (make bench, demo, concurrency 64): at 0.8 the p95 latency reached
+# 112 s of a 120 s budget and one stream was cut by its deadline.
+BUDGET_SHARE = 0.5
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,8 @@ class Settings:
     max_in_flight_requests: int = 64  # synthesis requests accepted at once, whatever the estimate says
 
     # --- Triton calls ------------------------------------------------------------------------------
-    triton_timeout_s: float = 60.0  # one unary stage call
-    gpt_stream_timeout_s: float = 300.0  # one segment's code stream
+    triton_timeout_s: float = 60.0  # one unary stage call outside a request (start-up probes); requests use their budget
+    gpt_stream_timeout_s: float = 300.0  # one code stream outside a request; requests use their budget
     gpt_stream_every: int = 16  # codes per streamed gpt_decoder response
     segment_concurrency: int = 2  # segments of one request in flight at once (pipelines GPT and s2mel)
     conditioning_cache_size: int = 64  # speaker/emotion conditionings kept (LRU, by audio sha256)

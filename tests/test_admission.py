@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
 import pytest
 
@@ -49,9 +50,9 @@ def test_a_request_that_cannot_finish_within_its_budget_is_refused_with_the_time
     assert all(isinstance(ticket, Ticket) for ticket in tickets)
     assert admission.expected_finish_s() == pytest.approx(20.0)
     assert isinstance(admission.admit(20.0 / BUDGET_SHARE + 0.1, now=now), Ticket)  # fits: now 10 in flight
-    refusal = admission.admit(10.0, now=now)  # 11th: 22 s of work against 8 s usable
+    refusal = admission.admit(10.0, now=now)  # 11th: 22 s of work against 10 x BUDGET_SHARE s usable
     assert isinstance(refusal, Refusal) and refusal.reason == "deadline"
-    assert refusal.retry_after_s == 22 - 8
+    assert refusal.retry_after_s == math.ceil(22 - 10 * BUDGET_SHARE)
     assert admission.in_flight == 10
 
 

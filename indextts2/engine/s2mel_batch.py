@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from indextts2 import defaults
 from indextts2.networks.flow_matching import VelocityFn
 from indextts2.networks.s2mel import S2Mel
 from indextts2.networks.semantic_codec import RepCodec
@@ -31,8 +32,8 @@ class S2MelRequest:
     ref_mel: torch.Tensor  # (80, T_ref) log mel of the speaker prompt
     style: torch.Tensor  # (192,) CAMPPlus style
     duration_ratio: float = 1.0
-    diffusion_steps: int = 25
-    cfg_rate: float = 0.7
+    diffusion_steps: int = defaults.DIFFUSION_STEPS
+    cfg_rate: float = defaults.CFG_RATE
     seed: int | None = None
 
     def validate(self) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from indextts2 import defaults
 from indextts2.networks.dit import DiT, sequence_mask
 
 # (x, prompt_x, x_lens, t, style, mu) -> velocity: the DiT, or a served copy of it (Triton BLS).
@@ -77,7 +78,7 @@ class CFM(nn.Module):
         style: torch.Tensor,
         n_timesteps: int,
         temperature: float = 1.0,
-        cfg_rate: float = 0.7,
+        cfg_rate: float = defaults.CFG_RATE,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         prompt_lens: torch.Tensor | None = None,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from indextts2 import defaults
 from indextts2.engine import (
     DecodeEvent,
     DecoderEngine,
@@ -40,8 +41,10 @@ logger = logging.getLogger(__name__)
 
 # The official sampling defaults of infer_v2 (max 1500 codes, or fewer where the model's position
 # table is shorter).
-DEFAULT_SAMPLING = {"do_sample": True, "temperature": 0.8, "top_k": 30, "top_p": 0.8, "repetition_penalty": 10.0}
-DEFAULT_MAX_CODES = 1500
+DEFAULT_SAMPLING = {
+    "do_sample": defaults.DO_SAMPLE, "temperature": defaults.TEMPERATURE, "top_k": defaults.TOP_K,
+    "top_p": defaults.TOP_P, "repetition_penalty": defaults.REPETITION_PENALTY,
+}
 FINISH_REASONS = {
     StopReason.STOP_CODE: "stop", StopReason.MAX_CODES: "max_codes", StopReason.CANCELLED: "cancelled",
     StopReason.SHUTDOWN: "cancelled",
@@ -85,7 +88,7 @@ class TritonPythonModel:
             events=self._events,
         )
         self.telemetry = ModelTelemetry(args["model_name"], args["model_version"], device)
-        self.default_max_codes = min(DEFAULT_MAX_CODES, self.engine.model.max_mel_tokens - 1)
+        self.default_max_codes = min(defaults.MAX_CODES, self.engine.model.max_mel_tokens - 1)
         # Held while a request is submitted and registered, so its first event never finds it missing.
         self._lock = threading.Lock()
         self._in_flight: dict[str, _InFlight] = {}

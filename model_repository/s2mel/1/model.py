@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from indextts2 import defaults
 from indextts2.config import load_config
 from indextts2.engine.cpu_threads import set_torch_threads
 from indextts2.engine.s2mel_batch import S2MelBatcher, S2MelRequest, padding_waste, plan_s2mel_batches
@@ -26,7 +27,10 @@ from indextts2.engine.telemetry import ModelTelemetry
 from indextts2.networks.s2mel import load_s2mel
 from indextts2.networks.semantic_codec import load_semantic_codec
 
-DEFAULTS = {"duration_ratio": 1.0, "diffusion_steps": 25, "cfg_rate": 0.7}
+DEFAULTS = {
+    "duration_ratio": defaults.DURATION_RATIO, "diffusion_steps": defaults.DIFFUSION_STEPS,
+    "cfg_rate": defaults.CFG_RATE,
+}
 WASTE_BUCKETS = [0.0, 0.05, 0.1, 0.25, 0.5, 1.0]
 # The error messages the orchestrator maps (504 for a deadline; a cancelled caller reads nothing).
 DEADLINE_EXCEEDED = "deadline exceeded"
