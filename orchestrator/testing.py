@@ -6,7 +6,11 @@ from __future__ import annotations
 import io
 import json
 import struct
+import threading
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -83,3 +87,26 @@ def make_test_client(app: Any, **options: Any) -> Any:
         warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
         from fastapi.testclient import TestClient
     return TestClient(app, **options)
+
+
+@contextmanager
+def served_over_http(app: Any) -> Iterator[str]:
+    """The app behind a real uvicorn server on a free loopback port, in a thread: yields its base URL.
+    For tests of what only a real HTTP server shows (keep-alive, disconnects, chunked streams)."""
+    import uvicorn
+
+    from local_triton import find_free_port
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=find_free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

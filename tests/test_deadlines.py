@@ -6,19 +6,15 @@ stays in flight."""
 from __future__ import annotations
 
 import re
-import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
 import sentry_sdk
-import uvicorn
 
-from local_triton import find_free_port
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
-from orchestrator.testing import make_test_client, speech_like_wav
+from orchestrator.testing import make_test_client, served_over_http, speech_like_wav
 
 VOICE_AUDIO = speech_like_wav(6.0, seed=41)
 # A request that runs for many seconds on 2 CPU cores: the most codes the demo GPT makes, 100 steps.
@@ -77,22 +73,6 @@ def test_a_budget_that_runs_out_in_s2mel_is_504_and_the_s2mel_call_ends_early(cl
         time.sleep(0.2)
 
 
-@contextmanager
-def _uvicorn(app):
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=find_free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def _gauge(metrics: str, name: str, labels: str = "") -> float:
     match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", metrics, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
@@ -100,7 +80,7 @@ def _gauge(metrics: str, name: str, labels: str = "") -> float:
 
 def test_a_client_that_disconnects_cancels_its_request_and_frees_its_triton_calls(client):
     app = create_app(client.app.state.settings)
-    with _uvicorn(app) as url:
+    with served_over_http(app) as url:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{url}/v1/tts", data=LONG, timeout=httpx.Timeout(1.5, connect=5))
         deadline = time.monotonic() + 5

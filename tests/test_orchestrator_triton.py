@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
-import threading
-import time
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -19,13 +16,11 @@ import pytest
 import sentry_sdk
 import soundfile
 import tritonclient.grpc as grpcclient
-import uvicorn
 from triton_models import model_reconfigured, model_unloaded
 
-from local_triton import find_free_port
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
-from orchestrator.testing import make_test_client, speech_like_wav
+from orchestrator.testing import make_test_client, served_over_http, speech_like_wav
 from orchestrator.triton_client import PIPELINE_MODELS
 
 TEXT = "Hello there. This is a test of the speech service, in two sentences."
@@ -76,23 +71,6 @@ def _inference_count(server, model: str) -> int:
     return int(stats["model_stats"][0].get("inference_count", 0))
 
 
-@contextmanager
-def _uvicorn(app):
-    """The app behind a real uvicorn server on a free port, in a thread."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=find_free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 # --- readiness ---------------------------------------------------------------------------------------
 
 
@@ -137,7 +115,7 @@ def test_streaming_chunks_concatenate_to_the_same_wav(client):
     audio = speech_like_wav(6.0, seed=12)
     whole = _tts(client, audio)
     assert whole.status_code == 200, whole.text
-    with _uvicorn(create_app(client.app.state.settings)) as url, httpx.stream(
+    with served_over_http(create_app(client.app.state.settings)) as url, httpx.stream(
         "POST", f"{url}/v1/tts", data={"text": TEXT, **FAST, "stream": "true"},
         files={"speaker_audio": ("voice.wav", audio, "audio/wav")}, timeout=120,
     ) as response:

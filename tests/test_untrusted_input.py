@@ -6,24 +6,20 @@ one event per warning kind, and random, malformed values thrown at every route n
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
-from contextlib import contextmanager
 from urllib.parse import quote
 
 import httpx
 import pytest
 import sentry_sdk
-import uvicorn
 from audio_bombs import silent_flac, wav_declaring_1_hz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from local_triton import find_free_port
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
-from orchestrator.testing import make_test_client, speech_like_wav
+from orchestrator.testing import make_test_client, served_over_http, speech_like_wav
 
 pytest.importorskip("tritonclient.grpc")
 
@@ -57,22 +53,6 @@ def client(service_settings):
     finally:
         sentry_sdk.flush(timeout=5)
         sentry_sdk.init()
-
-
-@contextmanager
-def _uvicorn(app):
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=find_free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _tts(client, speaker: bytes | None = VOICE_AUDIO, headers: dict | None = None, **fields):
@@ -195,7 +175,7 @@ def test_a_500_carries_the_request_id_and_one_event_and_the_connection_stays_usa
         raise RuntimeError("a bug in the orchestrator")
 
     monkeypatch.setattr(app.state.service, "list_voices", broken)
-    with _uvicorn(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+    with served_over_http(app) as url, httpx.Client(base_url=url, timeout=30) as http:
         response = http.get("/v1/voices", headers={"X-Request-ID": "bug-" + uuid.uuid4().hex[:8]})
         assert response.status_code == 500
         error = _error(response)
