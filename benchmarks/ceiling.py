@@ -57,6 +57,7 @@ import numpy as np
 
 from benchmarks.loadgen import SAMPLE_RATE, TEXTS, BenchRequest, SynthesisControls
 from orchestrator.testing import speech_like_wav
+from orchestrator.triton_client import TritonStages
 
 # One capture request per text length and per reference duration.
 CAPTURE = (("short", 3.0), ("medium", 6.0), ("long", 10.0))
@@ -90,19 +91,6 @@ class Call:
     codes: int | None = None  # gpt_decoder: how many codes came back
 
 
-def _tensors(arrays: dict[str, np.ndarray]) -> list:
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
-
-    tensors = []
-    for name, array in arrays.items():
-        array = np.ascontiguousarray(array)
-        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    return tensors
-
-
 class DirectStages:
     """The two calls the orchestrator's pipeline makes (`infer`, `decode`), straight to Triton with
     tritonclient: no deadlines, metrics or error mapping. Records every call; with `stop_at_first_call`
@@ -126,7 +114,7 @@ class DirectStages:
         if self.stop_at_first_call:
             raise _StopHere
         self.calls.append(Call(model, dict(inputs), list(outputs)))
-        result = await self.client.infer(model, _tensors(inputs),
+        result = await self.client.infer(model, TritonStages._tensors(inputs),
                                          outputs=[grpcclient.InferRequestedOutput(name) for name in outputs])
         return {name: result.as_numpy(name) for name in outputs}
 
@@ -149,7 +137,7 @@ async def stream_decode(client: Any, inputs: dict[str, np.ndarray], latent_dim: 
                         ) -> tuple[np.ndarray, np.ndarray, str]:
     """One gpt_decoder stream: (codes, latents, finish_reason)."""
     async def requests() -> Any:
-        yield {"model_name": GPT_DECODER, "inputs": _tensors(inputs)}
+        yield {"model_name": GPT_DECODER, "inputs": TritonStages._tensors(inputs)}
 
     codes: list[np.ndarray] = []
     latents: list[np.ndarray] = []
@@ -355,7 +343,7 @@ async def measure_unary(client: Any, model: str, call: Call, batches: tuple[int,
     outputs = [grpcclient.InferRequestedOutput(name) for name in call.outputs]
 
     async def burst(size: int) -> None:
-        await asyncio.gather(*(client.infer(model, _tensors(call.inputs), outputs=outputs) for _ in range(size)))
+        await asyncio.gather(*(client.infer(model, TritonStages._tensors(call.inputs), outputs=outputs) for _ in range(size)))
 
     await burst(1)  # first call of this shape: not measured
     results: dict[str, dict[str, float]] = {}

@@ -29,7 +29,7 @@ from local_triton import (
     build_backend_directory,
     find_free_port,
 )
-from local_triton.process_group import NotReadyError, ServerProcess
+from local_triton.process_group import NotReadyError, ServerProcess, process_group_members
 
 AFFINE_CONFIG = """
 backend: "onnxruntime"
@@ -207,21 +207,6 @@ def random_batch(rng: np.random.Generator, rows: int, time: int, lengths: list[i
     x = rng.standard_normal((rows, time)).astype(np.float32)
     lengths = np.array([[length] for length in (lengths or [time] * rows)], dtype=np.int64)
     return x, lengths
-
-
-def processes_in_group(pgid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -410,11 +395,11 @@ def test_stop_ends_server_and_stubs_and_is_idempotent(tmp_path):
         inputs[0].set_data_from_numpy(np.array([1.5, -2.0], dtype=np.float32))
         np.testing.assert_array_equal(client.infer("echo", inputs).as_numpy("Y"), [1.5, -2.0])
         client.close()
-        assert len(processes_in_group(pid)) >= 2  # the server and the echo stub
+        assert len(process_group_members(pid)) >= 2  # the server and the echo stub
     assert not server.is_running
-    assert processes_in_group(pid) == []
+    assert process_group_members(pid) == []
     server.stop()
-    assert not os.path.exists(f"/proc/{pid}") or processes_in_group(pid) == []
+    assert not os.path.exists(f"/proc/{pid}") or process_group_members(pid) == []
 
 
 def test_command_line_serves_until_sigterm(tmp_path):
@@ -450,10 +435,10 @@ def test_server_process_waits_until_it_answers_and_stop_ends_its_whole_group(tmp
                            guard_name="test-guard")
     try:
         server.wait_until_ready(f"http://127.0.0.1:{port}/", time.monotonic() + 30)
-        assert len(processes_in_group(server.pid)) == 2
+        assert len(process_group_members(server.pid)) == 2
     finally:
         server.stop(grace_s=5)
-    assert processes_in_group(server.pid) == []
+    assert process_group_members(server.pid) == []
     assert (tmp_path / "server.log").read_text().startswith("$ sh -c")
 
 
