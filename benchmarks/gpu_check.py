@@ -378,7 +378,7 @@ class GraphedVelocity:
             replay, output = self.capture(lambda: self.velocity(*static))
             self.graphs[key] = (static, replay, output)
         static, replay, output = self.graphs[key]
-        for buffer, value in zip(static, inputs):
+        for buffer, value in zip(static, inputs, strict=True):
             buffer.copy_(value)
         replay()
         return output
@@ -598,7 +598,7 @@ def decoder_part(check: Check, budget: Budget, result: dict[str, Any]) -> None:
             eager = run_engine(engine(model, batch, False), requests[:batch])
             free_memory(device)
             rows = [compare_sequences(e.codes, e.latents, g.codes, g.latents)
-                    for e, g in zip(eager, default_results[batch])]
+                    for e, g in zip(eager, default_results[batch], strict=True)]
             summary = {"batch": batch, "steps": s.compare_steps, **summarize_comparisons(rows)}
             result["cuda_graphs_vs_eager"].append(summary)
             say(f"decoder: batch {batch}, {s.compare_steps} greedy codes: CUDA graphs equal eager in "
@@ -613,7 +613,7 @@ def decoder_part(check: Check, budget: Budget, result: dict[str, Any]) -> None:
             half_results = run_engine(engine(half, largest, graphs), requests[:largest])
         full = run_engine(engine(check.gpt(torch.float32), largest, graphs), requests[:largest])
         free_memory(device)
-        rows = [compare_sequences(f.codes, f.latents, h.codes, h.latents) for f, h in zip(full, half_results)]
+        rows = [compare_sequences(f.codes, f.latents, h.codes, h.latents) for f, h in zip(full, half_results, strict=True)]
         result["float16_vs_float32"] = {"batch": largest, "steps": s.compare_steps, "cuda_graphs": graphs,
                                         **summarize_comparisons(rows), "per_sequence": rows}
         summary = result["float16_vs_float32"]
@@ -1133,7 +1133,7 @@ def run_ours(check: Check, engine: DecoderEngine, events: queue.Queue, batcher: 
             ])
             waves = vocode(vocoder, mels, device)
             now = time.perf_counter() - t0
-            for (index, segment, _, _), wave in zip(batch, waves):
+            for (index, segment, _, _), wave in zip(batch, waves, strict=True):
                 audio[index] += wave.numel() / sample_rate
                 segments_done[index] += 1
                 if segment == 0:

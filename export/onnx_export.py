@@ -152,9 +152,9 @@ def verify_onnx(
             expected = module(*(x.to(device) for x in inputs))
         if isinstance(expected, torch.Tensor):
             expected = (expected,)
-        feeds = {name: x.cpu().numpy() for name, x in zip(stage.input_names, inputs)}
+        feeds = {name: x.cpu().numpy() for name, x in zip(stage.input_names, inputs, strict=True)}
         actual = session.run(stage.output_names, feeds)
-        for name, want, got in zip(stage.output_names, expected, actual):
+        for name, want, got in zip(stage.output_names, expected, actual, strict=True):
             want = want.float().cpu().numpy() if want.is_floating_point() else want.cpu().numpy()
             if want.shape != got.shape:
                 raise ExportVerificationError(

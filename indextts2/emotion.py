@@ -24,10 +24,6 @@ import torch.nn.functional as F
 
 from indextts2.checkpoint import CheckpointError, torch_load
 
-# Per-emotion damping of the webui helper, in the order of the emotion vector.
-EMOTION_BIAS = (0.9375, 0.875, 1.0, 1.0, 0.9375, 0.9375, 0.6875, 0.5625)
-MAX_EMOTION_SUM = 0.8
-
 
 @dataclass
 class EmotionBank:
@@ -114,14 +110,3 @@ def scale_emotion_weights(weights: Sequence[float], emo_alpha: float) -> list[fl
     if scale == 1.0:
         return list(weights)
     return [int(w * scale * 10000) / 10000 for w in weights]
-
-
-def normalize_emo_vec(emo_vector: Sequence[float], apply_bias: bool = True) -> list[float]:
-    """The official webui helper: optionally damp each emotion by EMOTION_BIAS, then scale the vector
-    down so that its sum is at most 0.8. (infer itself does not call it.)"""
-    if apply_bias:
-        emo_vector = [w * bias for w, bias in zip(emo_vector, EMOTION_BIAS, strict=True)]
-    total = sum(emo_vector)
-    if total > MAX_EMOTION_SUM:
-        emo_vector = [w * (MAX_EMOTION_SUM / total) for w in emo_vector]
-    return list(emo_vector)

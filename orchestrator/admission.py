@@ -40,7 +40,6 @@ class Ticket:
     """One admitted request: where it started on the shared-work clock."""
 
     started_work_clock: float
-    admitted_at: float
 
 
 class Admission:
@@ -84,7 +83,7 @@ class Admission:
                                f"{expected:.0f} s of work for a new one, over its {budget_s:.0f} s budget")
         self._advance(now)
         self.in_flight += 1
-        return Ticket(self._work_clock, now)
+        return Ticket(self._work_clock)
 
     def release(self, ticket: Ticket, succeeded: bool, now: float | None = None) -> None:
         """The request ended; a successful one adds its work to the estimate."""

@@ -43,10 +43,6 @@ breadcrumb_logger = logging.getLogger("orchestrator.breadcrumbs")
 ignore_logger(breadcrumb_logger.name)
 
 REDACTED = "[redacted]"
-CREDENTIAL_HEADERS = frozenset({
-    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
-    "x-auth-token", "openai-api-key",
-})
 # The only request headers an event may carry: what the service needs to tell requests apart, nothing
 # that identifies the client (no address, no user agent, no custom header).
 EVENT_HEADERS = frozenset({"content-type", "content-length"})

@@ -145,7 +145,7 @@ def test_engine_latents_equal_the_teacher_forced_forward_on_its_codes(golden_mod
     sampled.text_ids = sampled.text_ids[:7]
     handles = [engine.submit(greedy), engine.submit(sampled)]
     engine.run_until_idle()
-    for request, handle in zip((greedy, sampled), handles):
+    for request, handle in zip((greedy, sampled), handles, strict=True):
         result = handle.result(timeout=0)
         expected = teacher_forced_latents(golden_model, request, result.codes)
         assert result.latents.shape == expected.shape
@@ -171,7 +171,7 @@ def demo_requests(model: UnifiedVoice, max_codes: int = 150) -> list[DecodeReque
             model, f"req{i}", text_len, seed=100 + i,
             sampling=SamplingConfig(**{**sampling.__dict__, "seed": 1000 + i, "max_codes": max_codes}),
         )
-        for i, (text_len, sampling) in enumerate(zip(text_lengths, DEMO_SAMPLINGS))
+        for i, (text_len, sampling) in enumerate(zip(text_lengths, DEMO_SAMPLINGS, strict=True))
     ]
 
 
@@ -194,7 +194,7 @@ def test_concurrent_requests_share_decode_steps_and_each_gets_its_solo_codes(dem
     assert len(batch_sizes) < sum(batch_sizes) / 2
 
     assert any(r.stop_reason == StopReason.STOP_CODE for r in results)
-    for request, result in zip(requests, results):
+    for request, result in zip(requests, results, strict=True):
         assert demo_model.stop_mel_token not in result.codes.tolist()
         alone = run_alone(demo_model, request)
         assert result.codes.tolist() == alone.codes.tolist()
@@ -302,12 +302,12 @@ def test_invalid_requests_get_an_error_event_and_the_others_are_unaffected(golde
     good_handles.append(engine.submit(good[1]))
     engine.run_until_idle()
 
-    for message, handle in zip(bad, bad_handles):
+    for message, handle in zip(bad, bad_handles, strict=True):
         result = handle.result(timeout=0)
         assert result.stop_reason == StopReason.ERROR
         assert message in result.error
         assert result.codes.numel() == 0
-    for request, handle in zip(good, good_handles):
+    for request, handle in zip(good, good_handles, strict=True):
         result = handle.result(timeout=0)
         assert result.stop_reason == StopReason.MAX_CODES, result.error
         assert result.codes.tolist() == run_alone(golden_model, request).codes.tolist()
@@ -340,7 +340,7 @@ def test_failed_decode_step_fails_its_sequences_and_the_engine_keeps_serving(gol
 
 def test_engine_with_one_event_queue_puts_every_requests_events_there_in_order(demo_model):
     requests = demo_requests(demo_model, max_codes=40)[:4]
-    for request, stream_every in zip(requests, (1, 4, 16, 7)):
+    for request, stream_every in zip(requests, (1, 4, 16, 7), strict=True):
         request.stream_every = stream_every
     events: queue.Queue = queue.Queue()
     engine = DecoderEngine(demo_model, max_slots=2, max_waiting=2, events=events)
@@ -507,7 +507,7 @@ def test_the_start_code_is_never_emitted_even_where_the_network_prefers_it(demo_
     engine = DecoderEngine(model, max_slots=3)
     handles = [engine.submit(request) for request in requests]
     engine.run_until_idle()
-    for request, handle in zip(requests, handles):
+    for request, handle in zip(requests, handles, strict=True):
         codes = handle.result(timeout=5).codes
         assert model.start_mel_token not in codes.tolist()
         alone = model.generate(request.speaker_latents, request.emotion_vector, request.text_ids, request.sampling)
@@ -539,7 +539,7 @@ def test_min_codes_bars_the_stop_code_so_engine_and_generate_give_exactly_n_code
     engine = DecoderEngine(model, max_slots=3)
     handles = [engine.submit(request) for request in requests]
     engine.run_until_idle()
-    for request, handle in zip(requests, handles):
+    for request, handle in zip(requests, handles, strict=True):
         result = handle.result(timeout=5)
         alone = model.generate(request.speaker_latents, request.emotion_vector, request.text_ids, request.sampling)
         assert result.stop_reason == StopReason.MAX_CODES and len(result.codes) == n

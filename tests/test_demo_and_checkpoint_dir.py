@@ -115,7 +115,7 @@ def test_demo_end_to_end_text_and_reference_audio_to_waveform(demo_pipeline):
     assert result.waveform.dtype == np.float32
     assert np.all(np.isfinite(result.waveform)) and np.abs(result.waveform).max() <= 1.0
     assert np.abs(result.waveform).max() > 0
-    for codes, frames in zip(result.codes, result.mel_frames):
+    for codes, frames in zip(result.codes, result.mel_frames, strict=True):
         assert frames == (round(codes.numel() * 1.72) if codes.numel() else 0)
 
 

@@ -280,7 +280,7 @@ def test_graph_step_pads_to_its_bucket_with_free_rows_and_matches_the_eager_step
     assert rows == 4 and hidden.shape == (2, gpt.model_dim)
 
     # The live rows' keys and values are the same as the eager runner wrote.
-    for eager_layer, graph_layer in zip(eager_cache.layers, graph_cache.layers):
+    for eager_layer, graph_layer in zip(eager_cache.layers, graph_cache.layers, strict=True):
         for s in (0, 2):
             n = written[s]
             torch.testing.assert_close(graph_layer.k[s, :, :n], eager_layer.k[s, :, :n], atol=1e-5, rtol=1e-5)
@@ -310,7 +310,7 @@ def test_engine_with_graph_replays_decodes_the_same_codes_as_without(gpt, cpu_gr
         results.append([h.result(timeout=0) for h in handles])
         if graphs:
             assert {r.decode_rows for r in engine.stats.records if r.decode_batch} <= {1, 2, 4, 6}
-    for plain, graphed in zip(*results):
+    for plain, graphed in zip(*results, strict=True):
         assert graphed.codes.tolist() == plain.codes.tolist()
         torch.testing.assert_close(graphed.latents, plain.latents, atol=1e-5, rtol=1e-5)
 
@@ -395,7 +395,7 @@ def test_s2mel_batch_through_the_graphed_velocity_equals_the_plain_batch(s2mel):
                              style=torch.randn(192, generator=g), diffusion_steps=3, seed=i)
                 for i, (n, p) in enumerate([(6, 10), (9, 7)])]  # rows of different lengths: padding and CFG
     graphed = GraphedVelocity(dit_velocity(s2mel), capture=eager_capture)
-    for plain, through_graph in zip(batcher.run(requests), batcher.run(requests, velocity_fn=graphed)):
+    for plain, through_graph in zip(batcher.run(requests), batcher.run(requests, velocity_fn=graphed), strict=True):
         torch.testing.assert_close(through_graph, plain)
     assert len(graphed.graphs) == 1  # the conditional and unconditional rows of both requests, one shape
 

@@ -48,12 +48,6 @@ instance_group [ { kind: KIND_CPU count: 1 } ]
 parameters { key: "intra_op_num_threads" value: { string_value: "1" } }
 """
 
-PADDING_PARAMETERS = """
-parameters { key: "pad_axes" value: { string_value: "x:1" } }
-parameters { key: "pad_length_input" value: { string_value: "x_lengths" } }
-parameters { key: "trim_output_axes" value: { string_value: "y:1" } }
-"""
-
 COUNTDOWN_CONFIG = """
 backend: "python"
 max_batch_size: 0
@@ -214,8 +208,6 @@ def repository(tmp_path_factory) -> Path:
     repository = tmp_path_factory.mktemp("model_repository")
     write_affine_onnx(repository / "affine" / "1" / "model.onnx")
     write_model(repository, "affine", AFFINE_CONFIG)
-    write_affine_onnx(repository / "affine_padded" / "1" / "model.onnx")
-    write_model(repository, "affine_padded", AFFINE_CONFIG + PADDING_PARAMETERS)
     write_model(repository, "countdown", COUNTDOWN_CONFIG, COUNTDOWN_MODEL)
     write_model(repository, "echo", ECHO_CONFIG, ECHO_MODEL)
     return repository
@@ -285,38 +277,20 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, clie
     _, executions_before = execution_counts(client, "affine")
     results = infer_concurrently(server.grpc_url, "affine", batches)
     _, executions_after = execution_counts(client, "affine")
-    for (x, lengths), outputs in zip(batches, results):
+    for (x, lengths), outputs in zip(batches, results, strict=True):
         for name, expected in expected_affine(x, lengths).items():
             np.testing.assert_allclose(outputs[name], expected, rtol=1e-6, atol=1e-6)
     assert executions_after - executions_before < len(batches), "the dynamic batcher merged nothing"
 
 
-def test_different_lengths_without_padding_rule_run_shape_by_shape(server):
+def test_ragged_requests_of_different_lengths_run_shape_by_shape(server):
     rng = np.random.default_rng(2)
     batches = [random_batch(rng, rows=1, time=time) for time in (3, 6, 3, 6)]
     results = infer_concurrently(server.grpc_url, "affine", batches)
-    for (x, lengths), outputs in zip(batches, results):
+    for (x, lengths), outputs in zip(batches, results, strict=True):
         assert outputs["y"].shape == x.shape
         for name, expected in expected_affine(x, lengths).items():
             np.testing.assert_allclose(outputs[name], expected, rtol=1e-6, atol=1e-6)
-
-
-def test_padding_rule_pads_to_longest_and_trims_each_response(server, client):
-    rng = np.random.default_rng(3)
-    batches = [
-        random_batch(rng, rows=1, time=3),
-        random_batch(rng, rows=2, time=7, lengths=[7, 4]),
-        random_batch(rng, rows=1, time=5),
-    ]
-    _, executions_before = execution_counts(client, "affine_padded")
-    results = infer_concurrently(server.grpc_url, "affine_padded", batches)
-    _, executions_after = execution_counts(client, "affine_padded")
-    for (x, lengths), outputs in zip(batches, results):
-        assert outputs["y"].shape == x.shape
-        for name, expected in expected_affine(x, lengths).items():
-            np.testing.assert_allclose(outputs[name], expected, rtol=1e-6, atol=1e-6)
-    merged = executions_after - executions_before < len(batches)
-    assert merged, "requests of different lengths were not merged"
 
 
 def test_failing_request_gets_its_own_error_and_the_others_their_results(server):
@@ -366,14 +340,22 @@ def test_explicit_mode_unloads_and_loads_models(server, client, repository):
     client.load_model("echo")
     assert client.is_model_ready("echo")
 
-    # A padding rule without its length input is refused when the model loads.
-    bad = repository / "affine_bad_padding"
-    shutil.copytree(repository / "affine", bad)
-    config = (bad / "config.pbtxt").read_text()
-    padding_without_lengths = 'parameters { key: "pad_axes" value: { string_value: "x:1" } }\n'
-    (bad / "config.pbtxt").write_text(config + padding_without_lengths)
-    with pytest.raises(InferenceServerException, match="pad_length_input"):
-        client.load_model("affine_bad_padding")
+
+def test_config_output_type_other_than_the_onnx_type_is_refused_at_load(client, repository):
+    # y is float in the graph; a config that promises INT64 must not load (NVIDIA's backend refuses it too).
+    wrong = repository / "affine_wrong_output_type"
+    shutil.copytree(repository / "affine", wrong)
+    config = (wrong / "config.pbtxt").read_text()
+    y_as_float = '{ name: "y" data_type: TYPE_FP32 dims: [ -1 ] }'
+    assert y_as_float in config
+    y_as_int = y_as_float.replace("TYPE_FP32", "TYPE_INT64")
+    (wrong / "config.pbtxt").write_text(config.replace(y_as_float, y_as_int))
+    with pytest.raises(InferenceServerException) as caught:
+        client.load_model("affine_wrong_output_type")
+    message = str(caught.value)
+    for part in ("affine_wrong_output_type", "output 'y'", "TYPE_INT64", "tensor(float)"):
+        assert part in message, message
+    assert not client.is_model_ready("affine_wrong_output_type")
 
 
 def test_broken_config_raises_start_error_with_log_text(tmp_path):

@@ -79,7 +79,7 @@ def test_served_onnx_model_matches_onnxruntime(onnx_server, demo_repository, mod
     names, expected = _direct(demo_repository.repository / model / "1" / "model.onnx", inputs)
     client = grpcclient.InferenceServerClient(onnx_server.grpc_url)
     served = _infer(client, model, inputs, names)
-    for name, want in zip(names, expected):
+    for name, want in zip(names, expected, strict=True):
         np.testing.assert_allclose(served[name], want, rtol=1e-5, atol=1e-5, err_msg=f"{model}/{name}")
 
 

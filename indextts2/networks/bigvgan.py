@@ -210,7 +210,7 @@ class AMPBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, (conv1, conv2) in enumerate(zip(self.convs1, self.convs2)):
+        for i, (conv1, conv2) in enumerate(zip(self.convs1, self.convs2, strict=True)):
             residual = x
             x = conv1(self.activations[2 * i](x))
             x = conv2(self.activations[2 * i + 1](x))
@@ -246,14 +246,14 @@ class BigVGAN(nn.Module):
         self.ups = nn.ModuleList()
         self.resblocks = nn.ModuleList()
         channels = upsample_initial_channel
-        for rate, kernel in zip(upsample_rates, upsample_kernel_sizes):
+        for rate, kernel in zip(upsample_rates, upsample_kernel_sizes, strict=True):
             self.ups.append(
                 nn.ModuleList(
                     [nn.ConvTranspose1d(channels, channels // 2, kernel, rate, padding=(kernel - rate) // 2)]
                 )
             )
             channels //= 2
-            for kernel_size, dilations in zip(resblock_kernel_sizes, resblock_dilation_sizes):
+            for kernel_size, dilations in zip(resblock_kernel_sizes, resblock_dilation_sizes, strict=True):
                 self.resblocks.append(AMPBlock(channels, kernel_size, dilations, activation, snake_logscale))
         self.activation_post = AntiAliasedActivation(channels, make_snake(activation, channels, snake_logscale))
         self.conv_post = nn.Conv1d(channels, 1, 7, padding=3, bias=use_bias_at_final)

@@ -257,7 +257,7 @@ class WaveNet(nn.Module):
         g = self.cond_layer(g)
         output = torch.zeros_like(x)
         last = len(self.in_layers) - 1
-        for i, (in_layer, res_skip_layer) in enumerate(zip(self.in_layers, self.res_skip_layers)):
+        for i, (in_layer, res_skip_layer) in enumerate(zip(self.in_layers, self.res_skip_layers, strict=True)):
             a = in_layer(x, reflect_lengths) + g[:, 2 * i * self.hidden : 2 * (i + 1) * self.hidden]
             acts = torch.tanh(a[:, : self.hidden]) * torch.sigmoid(a[:, self.hidden :])
             res_skip = res_skip_layer(acts)
