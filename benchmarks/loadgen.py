@@ -118,6 +118,7 @@ class SynthesisControls:
     codes: int | None = 60  # min_codes = max_codes; None: the model decides when to stop
     diffusion_steps: int = defaults.DIFFUSION_STEPS
     stream: bool = False
+    stream_mode: str | None = None  # "chunk" or "segment" (the orchestrator's stream_mode field); None: its default
     # The time budget sent as X-Request-Timeout; the client gives up CLIENT_GRACE_S later. None: no header,
     # no client limit.
     request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S
@@ -134,6 +135,8 @@ class SynthesisControls:
                   "stream": "true" if self.stream else "false"}
         if self.codes is not None:
             fields["max_codes"] = fields["min_codes"] = str(self.codes)
+        if self.stream and self.stream_mode is not None:
+            fields["stream_mode"] = self.stream_mode
         return fields
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import os
@@ -68,6 +69,8 @@ from benchmarks.loadgen import (
     run_load,
     warm_up,
 )
+from benchmarks.streaming import DEFAULT_CONCURRENCY as STREAMING_CONCURRENCY
+from benchmarks.streaming import check_streaming_targets, run_streaming, streaming_markdown
 from orchestrator.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -229,7 +232,8 @@ class RunPlan:
     short_from: int = 64
     short_requests_per_slot: int = 2
     short_max_run_seconds: float = 60.0
-    controls: SynthesisControls = field(default_factory=lambda: SynthesisControls(codes=60, stream=True))
+    controls: SynthesisControls = field(
+        default_factory=lambda: SynthesisControls(codes=60, stream=True, stream_mode="segment"))
     seed: int = 0
     ceiling: bool = True
     ceiling_batches: tuple[int, ...] = DEFAULT_BATCHES
@@ -659,7 +663,7 @@ def plot(preset: str, runs: list[dict[str, Any]], path: Path, ceiling: dict[str,
     import matplotlib.pyplot as plt
 
     figure, (throughput, latency) = plt.subplots(1, 2, figsize=(10, 4))
-    for system, marker in zip(SYSTEMS, ("o", "s", "^")):
+    for system, marker in zip(SYSTEMS, ("o", "s", "^"), strict=True):
         mine = sorted((run for run in runs if run["system"] == system), key=lambda run: run["concurrency"])
         if not mine:
             continue
@@ -755,6 +759,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codes", type=int, default=60, help="codes per segment (min = max); 0: free")
     parser.add_argument("--diffusion-steps", type=int, default=25)
     parser.add_argument("--no-stream", action="store_true", help="whole responses (no time to first audio)")
+    parser.add_argument("--stream-mode", choices=("segment", "chunk"), default="segment",
+                        help="how the served stack streams in the throughput runs: by segment, as the eager "
+                             "baseline does (the streaming runs compare the two modes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="served_vs_eager", help="file names of the report")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
@@ -765,6 +772,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--triton-grpc-url")
     parser.add_argument("--orchestrator-env", nargs="+", default=[], metavar="NAME=VALUE",
                         help="settings for the orchestrator, e.g. TRITON_TIMEOUT_S=300 SEGMENT_CONCURRENCY=1")
+    parser.add_argument("--no-streaming", action="store_true", help="skip the streaming runs (benchmarks/streaming.py)")
+    parser.add_argument("--only-streaming", action="store_true", help="only the streaming runs")
+    parser.add_argument("--streaming-concurrency", type=int, nargs="+", default=list(STREAMING_CONCURRENCY))
+    parser.add_argument("--streaming-codes", type=int, default=150,
+                        help="codes per segment in the streaming runs (min = max): ~3 s of speech, so that a "
+                             "segment is several chunks long")
     parser.add_argument("--from-json", type=Path, help="only write the Markdown and the plots again from this "
                                                        "report (e.g. after changing how they look)")
     args = parser.parse_args(argv)
@@ -787,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
         short_from=args.short_from, short_requests_per_slot=args.short_requests_per_slot,
         short_max_run_seconds=args.short_max_run_seconds, systems=tuple(args.systems),
         controls=SynthesisControls(codes=args.codes or None, diffusion_steps=args.diffusion_steps,
-                                   stream=not args.no_stream, request_timeout_s=args.request_timeout),
+                                   stream=not args.no_stream, stream_mode=args.stream_mode, request_timeout_s=args.request_timeout),
         seed=args.seed, ceiling=not args.no_ceiling, ceiling_batches=tuple(args.ceiling_batches),
         ceiling_gpt_batches=tuple(args.ceiling_gpt_batches),
     )
@@ -806,6 +819,11 @@ def main(argv: list[str] | None = None) -> int:
                      "ceiling": plan.ceiling, "orchestrator_env": orchestrator_env},
         "presets": {},
         "notes": NOTES,
+    }
+    streaming: dict[str, Any] = {
+        "command": report["command"], "started_utc": report["started_utc"], "hardware": report["hardware"],
+        "controls": {**plan.controls.__dict__, "codes": args.streaming_codes},
+        "concurrency": list(args.streaming_concurrency), "presets": {},
     }
     say(f"benchmark {args.name}: presets {', '.join(presets)}, concurrency {list(plan.concurrencies)}, "
         f"requests per run {report['settings']['requests']}")
@@ -828,14 +846,31 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{preset}: starting the orchestrator and the eager server ...")
             stack = start_services(preset, checkpoint, triton_url, logs, started, orchestrator_env)
             report["triton_version"] = stack.triton_version
-            result = run_preset(stack, plan)
-            report["presets"][preset] = {"checkpoint": str(checkpoint), "segments": text_segments(checkpoint),
-                                         **result}
+            if not args.only_streaming:
+                result = run_preset(stack, plan)
+                report["presets"][preset] = {"checkpoint": str(checkpoint), "segments": text_segments(checkpoint),
+                                             **result}
+            if not args.no_streaming:
+                streaming["presets"][preset] = asyncio.run(run_streaming(
+                    stack, dataclasses.replace(plan.controls, codes=args.streaming_codes), wait_idle, say,
+                    tuple(args.streaming_concurrency), seed=plan.seed))
         finally:
             for service in reversed(started):
                 service.stop()
     report["finished_utc"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     report["wall_s"] = round(time.perf_counter() - started_at, 1)
+    if streaming["presets"]:
+        streaming["finished_utc"] = report["finished_utc"]
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / "streaming.json").write_text(json.dumps(streaming, indent=1) + "\n")
+        (args.out_dir / "streaming.md").write_text(streaming_markdown(streaming))
+        say(f"wrote {args.out_dir / 'streaming.md'}")
+        for preset, result in streaming["presets"].items():
+            for row in check_streaming_targets(preset, result["ratios"]):
+                say(f"target {preset}: {row['check']}: {row['value']} -> "
+                    f"{ {True: 'met', False: 'NOT met', None: '-'}[row['ok']] }")
+    if args.only_streaming:
+        return 0
     paths = write_report(report, args.out_dir, args.name)
     say(f"done in {report['wall_s'] / 60:.1f} min: " + ", ".join(str(path) for path in paths.values()))
     for preset, result in report["presets"].items():

@@ -1,5 +1,9 @@
 """An official IndexTTS-2 checkpoint directory and its external parts, loaded into our networks.
 
+Two versions share the layout: IndexTTS-2.0 and IndexTTS-2.5 (`detect_version`). This module loads
+2.0 (`load_networks`); `indextts2.checkpoint_dir_2_5` loads 2.5, and `load_any_networks` picks by the
+directory's version.
+
 The official directory holds `config.yaml`, `gpt.pth`, `s2mel.pth`, `bpe.model`,
 `wav2vec2bert_stats.pt`, `feat1.pt`, `feat2.pt` (names from config.yaml). The external parts are the
 w2v-BERT 2.0 directory, the MaskGCT semantic codec safetensors, `campplus_cn_common.bin` and the
@@ -24,6 +28,12 @@ from indextts2.networks.s2mel import S2Mel, load_s2mel
 from indextts2.networks.semantic_codec import RepCodec, load_semantic_codec
 from indextts2.networks.semantic_encoder import SemanticEncoder, load_semantic_encoder
 
+VERSION_2_0 = "2.0"
+VERSION_2_5 = "2.5"
+# IndexTTS-2.5 file names that the official code hard-codes (not named in config.yaml).
+CODEC_2_5_FILE = "codec.pth"
+TIKTOKEN_2_5_FILE = "multilingual_zh_ja_yue_char_del.tiktoken"
+
 # Where the official downloader (`indextts/utils/model_download.py`) puts the external parts.
 DEFAULT_W2V_BERT_DIR = "hf_cache/w2v-bert-2.0"
 DEFAULT_SEMANTIC_CODEC = "hf_cache/semantic_codec_model.safetensors"
@@ -38,6 +48,7 @@ class CheckpointPaths:
     semantic_codec: Path
     campplus: Path
     bigvgan_dir: Path
+    version: str = VERSION_2_0
 
     @classmethod
     def from_model_dir(
@@ -57,6 +68,7 @@ class CheckpointPaths:
             semantic_codec=Path(semantic_codec or model_dir / DEFAULT_SEMANTIC_CODEC),
             campplus=Path(campplus or model_dir / DEFAULT_CAMPPLUS),
             bigvgan_dir=Path(bigvgan_dir or model_dir / DEFAULT_BIGVGAN_DIR),
+            version=detect_version(model_dir),
         )
 
     @property
@@ -71,6 +83,39 @@ class CheckpointPaths:
 
     def bpe_model(self, config: dict[str, Any]) -> Path:
         return self.model_dir / str(config.get("dataset", {}).get("bpe_model", "bpe.model"))
+
+    @property
+    def codec_2_5(self) -> Path:
+        """IndexTTS-2.5's semantic codec (EnhancedCodec), a fixed name in the model directory."""
+        return self.model_dir / CODEC_2_5_FILE
+
+    @property
+    def tiktoken_2_5(self) -> Path:
+        """IndexTTS-2.5's tokenizer vocabulary, a fixed name in the model directory."""
+        return self.model_dir / TIKTOKEN_2_5_FILE
+
+
+def detect_version(model_dir: str | Path) -> str:
+    """'2.0' or '2.5' for an official checkpoint directory.
+
+    config.yaml's `version` decides where present (the official configs carry one); otherwise the
+    files do: IndexTTS-2.5's fixed `codec.pth` or `.tiktoken` vocabulary make it 2.5. Any other
+    version is refused rather than served by the wrong networks.
+    """
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.yaml"
+    if not config_path.is_file():
+        raise CheckpointError(f"{model_dir} is not an IndexTTS-2 checkpoint directory: it has no config.yaml")
+    version = load_config(config_path).get("version")
+    if version is None:
+        has_2_5_files = (model_dir / CODEC_2_5_FILE).is_file() or (model_dir / TIKTOKEN_2_5_FILE).is_file()
+        return VERSION_2_5 if has_2_5_files else VERSION_2_0
+    text = str(version).strip()
+    if text in ("2", "2.0"):
+        return VERSION_2_0
+    if text == "2.5":
+        return VERSION_2_5
+    raise CheckpointError(f"{config_path}: version {version!r} is not supported (IndexTTS 2.0 and 2.5 are)")
 
 
 @dataclass
@@ -112,6 +157,11 @@ def load_networks(
     accepts an s2mel `gpt_layer` whose input is not the GPT's width: only the golden set, whose 64-d
     GPT feeds a 1280-d stand-in (its quirk 7), needs it.
     """
+    if paths.version != VERSION_2_0:
+        raise CheckpointError(
+            f"{paths.model_dir} is an IndexTTS-{paths.version} checkpoint directory; this loader reads "
+            f"IndexTTS-2.0 ones (use load_any_networks)"
+        )
     config = load_config(paths.config_path)
     semantic_dim = int(config["semantic_codec"]["hidden_size"])
     semantic_encoder = None
@@ -145,3 +195,13 @@ def load_networks(
         text_frontend=TextFrontend(paths.bpe_model(config)) if with_text_frontend else None,
     )
     return networks
+
+
+def load_any_networks(paths: CheckpointPaths, **options: Any) -> Any:
+    """The networks of either version, by `paths.version`: IndexTTS2Networks for 2.0, IndexTTS25Networks
+    for 2.5. `options` go to the version's loader."""
+    if paths.version == VERSION_2_5:
+        from indextts2.checkpoint_dir_2_5 import load_networks_2_5
+
+        return load_networks_2_5(paths, **options)
+    return load_networks(paths, **options)

@@ -19,6 +19,7 @@ DURATION_RATIO = 1.0
 MAX_TEXT_TOKENS_PER_SEGMENT = 120  # infer_v2's max_text_tokens_per_segment
 SEGMENT_SILENCE_MS = 200  # infer_v2's interval_silence between text segments
 OUTPUT_SAMPLE_RATE = 22050  # s2mel's mel and BigVGAN's waveform
+MEL_HOP_SAMPLES = 256  # waveform samples per mel frame (BigVGAN's upsampling)
 FEATURE_SAMPLE_RATE = 16000  # w2v-BERT features and the CAMPPlus fbank
 MAX_PROMPT_SECONDS = 15.0  # reference audio past this is cut
 CODES_TO_MEL_FRAMES = 1.72  # 50 codes/s -> 22050/256 = 86.13 mel frames/s

@@ -24,3 +24,12 @@ def segment_silence() -> np.ndarray:
 def segment_seed(seed: int | None, index: int) -> int | None:
     """The seed of text segment `index` (GPT sampling and s2mel noise): the request's seed + index."""
     return None if seed is None else seed + index
+
+
+def chunk_seed(seed: int | None, chunk: int) -> int | None:
+    """The s2mel noise seed of chunk `chunk` of a segment streamed in chunks, from the segment's seed:
+    chunk 0 uses the segment's own (so one chunk renders what the whole segment would), later chunks
+    draw fresh noise."""
+    if seed is None or chunk == 0:
+        return seed
+    return (seed * 1_000_003 + chunk) % 2**62

@@ -44,8 +44,9 @@ from indextts2.frontend.audio import (
     seamless_m4t_features,
 )
 from indextts2.frontend.text import TextError
-from indextts2.rules import segment_seed, segment_silence, target_mel_frames
+from indextts2.rules import chunk_seed, segment_seed, segment_silence, target_mel_frames
 from orchestrator.assets import ModelAssets
+from orchestrator.chunking import ChunkedVocoding, ChunkPlan, frames_at
 from orchestrator.errors import (
     InvalidRequestError,
     ModelUnavailableError,
@@ -121,6 +122,14 @@ class SynthesisOptions:
     cfg_rate: float = defaults.CFG_RATE
 
 
+@dataclass
+class Usage:
+    """What a synthesis used (the SSE `speech.audio.done` event's usage): text tokens in, GPT codes out."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
 class ConditioningCache:
     """A small LRU of conditionings, keyed by (kind, sha256 of the uploaded bytes)."""
 
@@ -182,9 +191,10 @@ class SynthesisPipeline:
         finally:
             self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
 
-    async def segment_text(self, text: str) -> list[list[int]]:
+    async def segment_text(self, text: str, first_segment_tokens: int = 0) -> list[list[int]]:
         """Text -> token ids per segment, off the event loop (the official normaliser takes up to seconds
-        on a long text). Errors name the field, never echo the text."""
+        on a long text). Errors name the field, never echo the text. first_segment_tokens: see
+        `split_pieces` (a short first segment for streaming)."""
         limit = self.settings.max_text_chars
         if not text or not text.strip():
             raise InvalidRequestError("text is empty", field="text", limit=f"1 to {limit} characters")
@@ -197,7 +207,7 @@ class SynthesisPipeline:
         max_tokens = min(self.settings.max_text_tokens_per_segment, self.assets.max_text_tokens)
         try:
             segments = await self._in_process("text_frontend", self.assets.text_frontend.split_segments, text,
-                                              max_tokens)
+                                              max_tokens, 0, first_segment_tokens)
         except TextError:
             raise InvalidRequestError(
                 "text has nothing to speak after normalisation (only punctuation, symbols or spaces)",
@@ -425,9 +435,61 @@ class SynthesisPipeline:
             inputs["seed"] = np.array([seed], dtype=np.int64)
         return inputs
 
+    def _check_decoded(self, codes: int, finish_reason: str, model_version: str, text_ids: list[int],
+                       options: SynthesisOptions, index: int) -> None:
+        """A finished code stream: fail a cancelled one, warn about one cut at max_codes or too short."""
+        if finish_reason == "cancelled":
+            raise ModelUnavailableError(
+                "gpt_decoder cancelled the sequence (shutting down?)", stage="gpt_decoder", model="gpt_decoder",
+                model_version=model_version,
+            )
+        max_codes = options.max_codes or self.assets.default_max_codes
+        # With min_codes = max_codes the caller asked for exactly that many codes: nothing was cut.
+        if finish_reason == "max_codes" and options.min_codes < max_codes:
+            self.reporter.warning(
+                "max_codes_reached", "gpt_decoder stopped at max_codes before the stop code: speech may be cut",
+                stage="gpt_decoder", model="gpt_decoder",
+                data={"segment": index, "codes": codes, "text_tokens": len(text_ids)},
+            )
+        expected_codes = len(text_ids) * MIN_CODES_PER_TEXT_TOKEN
+        if codes < expected_codes:
+            self.reporter.warning(
+                "short_mel", "generated mel is shorter than the text and duration_ratio call for",
+                stage="s2mel", model="gpt_decoder",
+                data={"segment": index, "codes": codes, "text_tokens": len(text_ids),
+                      "mel_frames": target_mel_frames(codes, options.duration_ratio) if codes else 0,
+                      "min_expected_mel_frames": target_mel_frames(math.ceil(expected_codes), options.duration_ratio),
+                      "duration_ratio": options.duration_ratio},
+            )
+
+    async def _s2mel(
+        self, codes: np.ndarray, latents: np.ndarray, prompt_condition: np.ndarray, prompt_mel: np.ndarray,
+        style: np.ndarray, options: SynthesisOptions, seed: int | None, code_offset: int = 0,
+    ) -> np.ndarray:
+        """Mel (80, T) for `codes` (codes [code_offset, code_offset + n) of their segment)."""
+        inputs = {
+            "semantic_codes": codes[None],
+            "code_latents": latents[None],
+            "prompt_condition": prompt_condition[None].astype(np.float32),
+            "ref_mel": prompt_mel[None].astype(np.float32),
+            "speaker_style": style[None].astype(np.float32),
+            "duration_ratio": np.array([[options.duration_ratio]], dtype=np.float32),
+            "diffusion_steps": np.array([[options.diffusion_steps]], dtype=np.int32),
+            "cfg_rate": np.array([[options.cfg_rate]], dtype=np.float32),
+        }
+        if seed is not None:
+            inputs["seed"] = np.array([[seed]], dtype=np.int64)
+        if code_offset:
+            inputs["code_offset"] = np.array([[code_offset]], dtype=np.int64)
+        return (await self.triton.infer("s2mel", inputs, ["mel"]))["mel"][0]
+
+    async def _vocoder(self, mel: np.ndarray) -> np.ndarray:
+        waveform = (await self.triton.infer("vocoder", {"mel": mel[None].astype(np.float32)}, ["waveform"]))["waveform"]
+        return waveform.reshape(-1).astype(np.float32)
+
     async def synthesize_segment(
         self, speaker: SpeakerConditioning, emotion_vector: np.ndarray, text_ids: list[int],
-        options: SynthesisOptions, index: int,
+        options: SynthesisOptions, index: int, usage: Usage | None = None,
     ) -> np.ndarray:
         """One text segment -> float32 waveform at 22.05 kHz (empty when the GPT produced no code)."""
         seed = segment_seed(options.seed, index)
@@ -435,46 +497,15 @@ class SynthesisPipeline:
             self._gpt_inputs(speaker, emotion_vector, text_ids, options, seed), self.assets.gpt_dim
         )
         codes = decoded.codes
-        if decoded.finish_reason == "cancelled":
-            raise ModelUnavailableError(
-                "gpt_decoder cancelled the sequence (shutting down?)", stage="gpt_decoder", model="gpt_decoder",
-                model_version=decoded.model_version,
-            )
-        max_codes = options.max_codes or self.assets.default_max_codes
-        # With min_codes = max_codes the caller asked for exactly that many codes: nothing was cut.
-        if decoded.finish_reason == "max_codes" and options.min_codes < max_codes:
-            self.reporter.warning(
-                "max_codes_reached", "gpt_decoder stopped at max_codes before the stop code: speech may be cut",
-                stage="gpt_decoder", model="gpt_decoder",
-                data={"segment": index, "codes": int(codes.size), "text_tokens": len(text_ids)},
-            )
-        expected_codes = len(text_ids) * MIN_CODES_PER_TEXT_TOKEN
-        if codes.size < expected_codes:
-            self.reporter.warning(
-                "short_mel", "generated mel is shorter than the text and duration_ratio call for",
-                stage="s2mel", model="gpt_decoder",
-                data={"segment": index, "codes": int(codes.size), "text_tokens": len(text_ids),
-                      "mel_frames": target_mel_frames(int(codes.size), options.duration_ratio) if codes.size else 0,
-                      "min_expected_mel_frames": target_mel_frames(math.ceil(expected_codes), options.duration_ratio),
-                      "duration_ratio": options.duration_ratio},
-            )
+        if usage is not None:
+            usage.output_tokens += int(codes.size)
+        self._check_decoded(int(codes.size), decoded.finish_reason, decoded.model_version, text_ids, options, index)
         if codes.size == 0:
             # The stop code came first: this segment says nothing (EagerPipeline would feed the stop code
             # to s2mel, whose codebook does not hold it).
             return np.zeros(0, dtype=np.float32)
-        s2mel_inputs = {
-            "semantic_codes": codes[None],
-            "code_latents": decoded.latents[None],
-            "prompt_condition": speaker.prompt_condition[None].astype(np.float32),
-            "ref_mel": speaker.ref_mel[None].astype(np.float32),
-            "speaker_style": speaker.style[None].astype(np.float32),
-            "duration_ratio": np.array([[options.duration_ratio]], dtype=np.float32),
-            "diffusion_steps": np.array([[options.diffusion_steps]], dtype=np.int32),
-            "cfg_rate": np.array([[options.cfg_rate]], dtype=np.float32),
-        }
-        if seed is not None:
-            s2mel_inputs["seed"] = np.array([[seed]], dtype=np.int64)
-        mel = (await self.triton.infer("s2mel", s2mel_inputs, ["mel"]))["mel"]
+        mel = await self._s2mel(codes, decoded.latents, speaker.prompt_condition, speaker.ref_mel, speaker.style,
+                                options, seed)
         wanted = target_mel_frames(int(codes.size), options.duration_ratio)
         if mel.shape[-1] < wanted:
             self.reporter.warning(
@@ -483,35 +514,125 @@ class SynthesisPipeline:
                 data={"segment": index, "mel_frames": int(mel.shape[-1]), "expected_mel_frames": wanted,
                       "duration_ratio": options.duration_ratio},
             )
-        waveform = (await self.triton.infer("vocoder", {"mel": mel.astype(np.float32)}, ["waveform"]))["waveform"]
-        return waveform.reshape(-1).astype(np.float32)
+        return await self._vocoder(mel)
+
+    async def chunked_segment(
+        self, speaker: SpeakerConditioning, emotion_vector: np.ndarray, text_ids: list[int],
+        options: SynthesisOptions, index: int, usage: Usage | None = None,
+    ) -> AsyncGenerator[np.ndarray, None]:
+        """One text segment as waveform pieces rendered while its GPT still decodes (orchestrator/chunking.py
+        says how). The codes are read by a task of their own, so the decoder's stream never waits for
+        s2mel; this generator renders one chunk at a time, in order. Closing it cancels the code stream."""
+        seed = segment_seed(options.seed, index)
+        plan = ChunkPlan(self.settings.chunk_codes, self.settings.stream_context_codes)
+        vocoding = ChunkedVocoding()
+        codes: list[np.ndarray] = []
+        latents: list[np.ndarray] = []
+        arrived = asyncio.Event()
+        finish: list[tuple[str, str]] = []  # (finish_reason, model_version) once the stream ends
+        inputs = self._gpt_inputs(speaker, emotion_vector, text_ids, options, seed)
+        inputs["stream_every"] = np.array([min(self.settings.chunk_codes[0], self.settings.gpt_stream_every)],
+                                          dtype=np.int32)
+
+        async def read_codes() -> None:
+            async for chunk in self.triton.decode_stream(inputs, self.assets.gpt_dim):
+                codes.append(chunk.codes)
+                latents.append(chunk.latents)
+                if chunk.finish_reason is not None:
+                    finish.append((chunk.finish_reason, chunk.model_version))
+                arrived.set()
+
+        reader = asyncio.ensure_future(read_codes())
+        try:
+            while True:
+                decoded = sum(c.size for c in codes)
+                span = plan.next_chunk(decoded, finished=bool(finish))
+                if span is None:
+                    if finish:
+                        break
+                    arrived.clear()
+                    # Wait for more codes, or for the reader to fail (its error is raised here).
+                    waiter = asyncio.ensure_future(arrived.wait())
+                    await asyncio.wait([reader, waiter], return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    if reader.done() and not finish:
+                        reader.result()
+                    continue
+                first, end = span
+                all_codes, all_latents = np.concatenate(codes), np.concatenate(latents)
+                if plan.chunks == 0:
+                    prompt_condition, prompt_mel, offset = speaker.prompt_condition, speaker.ref_mel, 0
+                else:
+                    offset = plan.context_start(first)
+                    context = vocoding.mel[:, frames_at(offset, options.duration_ratio):]
+                    prompt_condition = np.zeros((0, speaker.prompt_condition.shape[1]), dtype=np.float32)
+                    prompt_mel = context
+                final = bool(finish) and end == decoded
+                mel = await self._s2mel(all_codes[offset:end], all_latents[offset:end], prompt_condition, prompt_mel,
+                                        speaker.style, options, chunk_seed(seed, plan.chunks), offset)
+                plan.done(end)
+                vocoding.add(mel)
+                window = vocoding.window(final)
+                if window is not None:
+                    waveform = await self._vocoder(vocoding.mel[:, window[0]:window[1]])
+                    yield vocoding.take(waveform, window[0], final)
+            reason, model_version = finish[0]
+            if usage is not None:
+                usage.output_tokens += plan.rendered
+            self._check_decoded(plan.rendered, reason, model_version, text_ids, options, index)
+            # Frames held back for right context that no later chunk came to release.
+            window = vocoding.window(final=True)
+            if window is not None:
+                waveform = await self._vocoder(vocoding.mel[:, window[0]:window[1]])
+                yield vocoding.take(waveform, window[0], final=True)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     async def synthesize(
         self, segments: list[list[int]], speaker: SpeakerConditioning, emotion_vector: np.ndarray,
-        options: SynthesisOptions,
+        options: SynthesisOptions, chunked: bool = False, usage: Usage | None = None,
     ) -> AsyncGenerator[np.ndarray, None]:
-        """Waveform pieces in order: each segment's audio, 200 ms of silence between segments.
+        """Waveform pieces in order: each segment's audio (whole, or in chunks), 200 ms of silence between
+        segments.
 
         Up to `segment_concurrency` segments are in flight, so the next segment's GPT decodes while
         this one is in s2mel and the vocoder. Closing the iterator early cancels what is in flight."""
         silence = segment_silence()
         slots = asyncio.Semaphore(self.settings.segment_concurrency)
+        queues = [asyncio.Queue() for _ in segments]
+        done = object()
 
-        async def run(index: int, text_ids: list[int]) -> np.ndarray:
+        async def run(index: int, text_ids: list[int]) -> None:
             async with slots:
-                return await self.synthesize_segment(speaker, emotion_vector, text_ids, options, index)
+                if chunked:
+                    async for piece in self.chunked_segment(speaker, emotion_vector, text_ids, options, index, usage):
+                        await queues[index].put(piece)
+                else:
+                    await queues[index].put(
+                        await self.synthesize_segment(speaker, emotion_vector, text_ids, options, index, usage))
+            await queues[index].put(done)
 
         tasks = [asyncio.ensure_future(run(index, ids)) for index, ids in enumerate(segments)]
         spoken = False
         try:
-            for task in tasks:
-                waveform = await task
-                if waveform.size == 0:
-                    continue
-                if spoken:
-                    yield silence
-                spoken = True
-                yield waveform
+            for index, task in enumerate(tasks):
+                started = False
+                while True:
+                    getter = asyncio.ensure_future(queues[index].get())
+                    await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done() and task.exception() is not None:  # failed before its next piece
+                        getter.cancel()
+                        raise task.exception()
+                    piece = await getter
+                    if piece is done:
+                        break
+                    if piece.size == 0:
+                        continue
+                    if spoken and not started:
+                        yield silence
+                    spoken = started = True
+                    yield piece
         finally:
             for task in tasks:
                 task.cancel()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -43,6 +45,47 @@ def error_response(error: ServiceError, reporter: Reporter, retry_after_s: int) 
     return JSONResponse(body.model_dump(), status_code=error.http_status, headers=headers)
 
 
+def _failure_reported(error: Exception, reporter: Reporter) -> ServiceError:
+    """A failure after the first bytes, as the one event it makes (a bug becomes a ServiceBugError)."""
+    if not isinstance(error, ServiceError):
+        bug = ServiceBugError(f"streaming failed: {type(error).__name__}", stage="stream")
+        bug.__cause__ = error
+        error = bug
+    reporter.failure(error)
+    return error
+
+
+def _sse(event: dict) -> bytes:
+    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+
+
+def sse_audio_response(stream: AudioStream, reporter: Reporter, container: Literal["wav", "pcm"]) -> Response:
+    """OpenAI's speech streaming as server-sent events: `speech.audio.delta` events with base64 audio (the
+    decoded bytes concatenate to the whole file, WAV header first), then `speech.audio.done` with usage.
+    A failure after the response started is an `error` event (the shape of the JSON error body), reported
+    once, and the stream ends without `speech.audio.done`."""
+    async def events() -> AsyncIterator[bytes]:
+        header = wav_header(stream.sample_rate) if container == "wav" else b""
+        try:
+            async for piece in stream:
+                yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(header + pcm16(piece)).decode()})
+                header = b""
+        except Exception as error:  # noqa: BLE001 - the client is told in the stream, Sentry once
+            failure = _failure_reported(error, reporter)
+            context = current_request()
+            yield _sse({"type": "error", "error": ErrorBody(
+                type=failure.error_type, message=failure.message, stage=failure.stage,
+                request_id=context.request_id if context else None).model_dump()})
+            return
+        usage = stream.usage
+        yield _sse({"type": "speech.audio.done", "usage": {
+            "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens}})
+
+    headers = {"X-Sample-Rate": str(stream.sample_rate), "Cache-Control": "no-cache"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
 async def audio_response(
     stream: AudioStream, reporter: Reporter, container: Literal["wav", "pcm"], streaming: bool
 ) -> Response:
@@ -59,14 +102,9 @@ async def audio_response(
         try:
             async for piece in stream:
                 yield pcm16(piece)
-        except ServiceError as error:
-            # The status line is gone: report once, then abort the transfer so the client sees it incomplete.
-            reporter.failure(error)
-            raise ResponseAborted.after(error) from error
         except Exception as error:  # a bug mid-stream is still one event
-            bug = ServiceBugError(f"streaming failed: {type(error).__name__}", stage="stream")
-            bug.__cause__ = error
-            reporter.failure(bug)
-            raise ResponseAborted.after(bug) from error
+            # The status line is gone: report once, then abort the transfer (no final chunk), so the client
+            # sees it incomplete.
+            raise ResponseAborted.after(_failure_reported(error, reporter)) from error
 
     return StreamingResponse(chunks(), media_type=MEDIA_TYPES[container], headers=headers)

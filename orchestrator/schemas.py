@@ -19,6 +19,7 @@ from orchestrator.voices import VOICE_NAME_PATTERN
 EMOTIONS = ("happy", "angry", "sad", "afraid", "disgusted", "melancholic", "surprised", "calm")
 MIN_DURATION_RATIO, MAX_DURATION_RATIO = 0.75, 1.25
 SPEECH_FORMATS = ("wav", "pcm")
+StreamMode = Literal["chunk", "segment"]
 
 
 MAX_EMOTION_VECTOR_CHARS = 512  # 8 numbers with room for spaces and digits; also bounds JSON nesting
@@ -119,8 +120,12 @@ class TtsForm(BaseModel):
     diffusion_steps: int = Field(defaults.DIFFUSION_STEPS, ge=1, le=100, description="s2mel flow-matching steps.")
     cfg_rate: float = Field(defaults.CFG_RATE, ge=0.0, le=1.0, allow_inf_nan=False,
                             description="s2mel classifier-free guidance rate.")
-    stream: bool = Field(False, description="Chunked WAV: a header with unknown length first, then PCM per "
-                                            "finished segment; the chunks concatenate to a valid WAV.")
+    stream: bool = Field(False, description="Streamed WAV: a header with unknown length first, then PCM as it "
+                                            "is rendered; the pieces concatenate to a valid WAV.")
+    stream_mode: StreamMode | None = Field(
+        None, description="With stream=true: 'chunk' sends audio in chunks while the model still decodes the "
+                          "segment (first audio after ~20 codes); 'segment' sends each finished text segment. "
+                          "Default: the STREAM_MODE setting ('chunk').")
 
 
 class VoiceForm(BaseModel):
@@ -145,6 +150,12 @@ class SpeechRequest(BaseModel):
     speed: float = Field(1.0, ge=0.8, le=4 / 3, allow_inf_nan=False,
                          description="Speaking speed; duration_ratio = 1 / speed, so 0.8 to 1.333 (refused "
                                      "outside, not clamped).")
+    stream_format: Literal["audio", "sse"] = Field(
+        "audio", description="audio: the bytes of response_format, streamed. sse: server-sent events, "
+                             "`speech.audio.delta` events carrying base64 audio (their bytes concatenate to the "
+                             "whole file) and a final `speech.audio.done` with usage; a failure after the first "
+                             "event is an `error` event.")
+    stream_mode: StreamMode | None = Field(None, description="As on /v1/tts: 'chunk' or 'segment'.")
 
 
 class VoiceResponse(BaseModel):

@@ -6,7 +6,7 @@ The routers stay thin (parse, call one method here, build the response); the pip
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from fastapi import UploadFile
@@ -25,6 +25,7 @@ from orchestrator.pipeline import (
     ReferenceAudio,
     SynthesisOptions,
     SynthesisPipeline,
+    Usage,
     gather_all,
 )
 from orchestrator.reporting import Reporter
@@ -44,6 +45,7 @@ class AudioStream:
     metrics: ServiceMetrics
     route: str
     sample_rate: int = SAMPLE_RATE
+    usage: Usage = field(default_factory=Usage)
     _first: np.ndarray | None = None
     _prefetched: bool = False
 
@@ -90,9 +92,11 @@ class TtsService:
     async def tts(self, form: TtsForm, route: str) -> AudioStream:
         pipeline = self.pipeline
         pipeline.protect(form.text)
+        chunked = form.stream and (form.stream_mode or self.settings.stream_mode) == "chunk"
         pipeline.describe_request(text_chars=len(form.text), duration_ratio=form.duration_ratio,
-                                  diffusion_steps=form.diffusion_steps, stream=form.stream)
-        segments = await pipeline.segment_text(form.text)
+                                  diffusion_steps=form.diffusion_steps, stream=form.stream,
+                                  stream_mode=("chunk" if chunked else "segment") if form.stream else None)
+        segments = await pipeline.segment_text(form.text, self._first_segment_tokens(form.stream, chunked))
         options = self._options(form)
         speaker_audio = await self._reference(form.speaker_audio, form.voice, "speaker_audio", "voice")
         emotion_audio = await self._reference(
@@ -102,7 +106,7 @@ class TtsService:
             # infer_v2: an emotion vector overrides the emotion audio.
             self.reporter.breadcrumb("emotion_vector overrides the emotion reference", category="emotion")
             emotion_audio = None
-        return await self._synthesize(segments, speaker_audio, emotion_audio, options, route)
+        return await self._synthesize(segments, speaker_audio, emotion_audio, options, route, chunked)
 
     async def speech(self, request: SpeechRequest, route: str) -> AudioStream:
         """The OpenAI-shaped request: a registered voice, speed -> duration_ratio = 1 / speed."""
@@ -115,14 +119,21 @@ class TtsService:
             )
         options = SynthesisOptions(duration_ratio=1.0 / request.speed, max_codes=self.assets.default_max_codes,
                                    diffusion_steps=self.settings.speech_diffusion_steps)
-        pipeline.describe_request(text_chars=len(request.input), duration_ratio=options.duration_ratio, stream=True)
-        segments = await pipeline.segment_text(request.input)
+        chunked = (request.stream_mode or self.settings.stream_mode) == "chunk"
+        pipeline.describe_request(text_chars=len(request.input), duration_ratio=options.duration_ratio, stream=True,
+                                  stream_mode="chunk" if chunked else "segment", stream_format=request.stream_format)
+        segments = await pipeline.segment_text(request.input, self._first_segment_tokens(True, chunked))
         speaker_audio = await self._reference(None, request.voice, "voice", "voice")
-        return await self._synthesize(segments, speaker_audio, None, options, route)
+        return await self._synthesize(segments, speaker_audio, None, options, route, chunked)
+
+    def _first_segment_tokens(self, streamed: bool, chunked: bool) -> int:
+        """A short first segment for streams by segment (a chunked stream starts early anyway, and an extra
+        segment break would cost it a pause and the GPT's context)."""
+        return self.settings.stream_first_segment_tokens if streamed and not chunked else 0
 
     async def _synthesize(
         self, segments: list[list[int]], speaker_audio: ReferenceAudio, emotion_audio: ReferenceAudio | None,
-        options: SynthesisOptions, route: str,
+        options: SynthesisOptions, route: str, chunked: bool = False,
     ) -> AudioStream:
         pipeline = self.pipeline
         pipeline.describe_request(
@@ -137,8 +148,10 @@ class TtsService:
         speaker = conditionings[0]
         emotion: EmotionConditioning | None = conditionings[1] if len(conditionings) > 1 else None
         emotion_vector = pipeline.emotion_vector(speaker, emotion, options)
+        usage = Usage(input_tokens=sum(len(ids) for ids in segments))
         stream = AudioStream(
-            pipeline.synthesize(segments, speaker, emotion_vector, options), self.metrics, route
+            pipeline.synthesize(segments, speaker, emotion_vector, options, chunked, usage), self.metrics, route,
+            usage=usage,
         )
         await stream.prefetch()
         return stream

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from indextts2 import defaults
+from orchestrator.chunking import parse_chunk_codes
+
+STREAM_MODES = ("chunk", "segment")
 
 MIB = 1024 * 1024
 
@@ -61,6 +64,20 @@ class Settings:
     overload_retry_after_s: int = 2  # Retry-After sent with 503 "overloaded"
     speech_diffusion_steps: int = defaults.DIFFUSION_STEPS  # for /v1/audio/speech, which has no such field
 
+    # --- streaming (stream=true, /v1/audio/speech) ----------------------------------------------------
+    # "chunk": audio in chunks while the GPT still decodes (orchestrator/chunking.py); "segment": audio per
+    # finished text segment. A request may choose with its own `stream_mode` field.
+    stream_mode: str = "chunk"
+    # Fewest new codes (50 per second of speech) before chunk 0, 1, 2, ... is rendered; the last repeats.
+    # A chunk takes every code decoded by then, so chunks grow when s2mel is the slower stage.
+    stream_chunk_codes: str = "20,40,80"
+    # Codes before a chunk whose rendered mel is its s2mel prompt (continuity from one chunk to the next).
+    stream_context_codes: int = 50
+    # In "segment" mode, the first segment ends at the first punctuation break once it holds this many
+    # tokens, so the first audio comes from a short segment (e.g. 24). 0, the default: segmented as without
+    # streaming, since an extra segment costs a pause and the GPT's context, and chunks start early anyway.
+    stream_first_segment_tokens: int = 0
+
     # --- Sentry ------------------------------------------------------------------------------------
     sentry_dsn: str = ""  # empty: Sentry off
     sentry_environment: str = "production"
@@ -100,9 +117,23 @@ class Settings:
                      "max_in_flight_requests"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.upper()} must be at least 1, got {getattr(self, name)}")
+        if self.stream_mode not in STREAM_MODES:
+            problems.append(f"STREAM_MODE must be one of {', '.join(STREAM_MODES)}, got {self.stream_mode!r}")
+        try:
+            parse_chunk_codes(self.stream_chunk_codes)
+        except ValueError as error:
+            problems.append(f"STREAM_CHUNK_CODES {error}")
+        if self.stream_context_codes < 1:
+            problems.append(f"STREAM_CONTEXT_CODES must be at least 1, got {self.stream_context_codes}")
+        if self.stream_first_segment_tokens < 0:
+            problems.append(f"STREAM_FIRST_SEGMENT_TOKENS must be at least 0, got {self.stream_first_segment_tokens}")
         if problems:
             raise SettingsError("; ".join(problems))
         return self
+
+    @property
+    def chunk_codes(self) -> tuple[int, ...]:
+        return parse_chunk_codes(self.stream_chunk_codes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

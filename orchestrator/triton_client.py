@@ -11,7 +11,8 @@ How Triton failures map (measured against the local tritonserver 2.51):
                                                             -> ModelUnavailableError, 503
 - gRPC DEADLINE_EXCEEDED / our timeout, or a Python model's "deadline exceeded" -> StageTimeoutError, 504
 - a message starting "overloaded" (gpt_decoder's slots and queue are full) -> ModelOverloadedError, 503
-- a message naming out-of-memory (CUDA, cuBLAS, ORT)        -> ModelOutOfMemoryError, 503
+- a message naming out-of-memory (CUDA, cuBLAS, ORT, the CPU allocator; the Python models' "out of
+  memory (current_batch_size=N, device): ...")             -> ModelOutOfMemoryError, 503
 - anything else the model or server says (bad shape, exception in the model) -> ModelError, 502
 """
 
@@ -68,9 +69,12 @@ _CHANNEL_ARGS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 _OUT_OF_MEMORY = re.compile(
-    r"out of memory|outofmemory|CUDA_ERROR_OUT_OF_MEMORY|ALLOC_FAILED|Failed to allocate memory|std::bad_alloc",
+    r"out of memory|outofmemory|CUDA_ERROR_OUT_OF_MEMORY|ALLOC_FAILED|Failed to allocate memory|std::bad_alloc"
+    r"|can't allocate memory",
     re.IGNORECASE,
 )
+# The batch a Python model ran out of memory on, as its error says (indextts2/engine/device.py).
+_MODEL_BATCH_SIZE = re.compile(r"current_batch_size=(\d+)")
 _REQUEST_ID_PREFIX = re.compile(r"^\s*\[request id: [^\]]*\]\s*")
 # A stream's error response has no gRPC status: Triton's words for a model that is not there.
 _NOT_AVAILABLE = re.compile(r"^Request for unknown model")
@@ -82,6 +86,16 @@ class DecodedCodes:
     codes: np.ndarray  # (n,) int64
     latents: np.ndarray  # (n, d) float32
     finish_reason: str  # "stop" | "max_codes" | "cancelled"
+    model_version: str
+
+
+@dataclass
+class CodeChunk:
+    """Codes of one streamed gpt_decoder response; the last one of a segment carries finish_reason."""
+
+    codes: np.ndarray  # (k,) int64, maybe k = 0 on the last one
+    latents: np.ndarray  # (k, d) float32
+    finish_reason: str | None
     model_version: str
 
 
@@ -186,8 +200,10 @@ class TritonStages:
             return ModelOverloadedError(f"{model} is overloaded, retry later", **context)
         if _OUT_OF_MEMORY.search(upstream):
             oom = ModelOutOfMemoryError(f"{model} ran out of memory ({upstream})", **context)
-            # Requests this orchestrator had in flight on the model: the batch it can have seen.
-            oom.current_batch_size = max(1, self.in_flight[model])
+            # The model's own batch where it says (gpt_decoder, s2mel), else the requests this orchestrator
+            # had in flight on the model: the batch it can have seen.
+            said_batch = _MODEL_BATCH_SIZE.search(upstream)
+            oom.current_batch_size = int(said_batch[1]) if said_batch else max(1, self.in_flight[model])
             return oom
         return ModelError(f"{model} failed: {upstream}", **context)
 
@@ -282,14 +298,28 @@ class TritonStages:
             self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
 
     async def decode(self, inputs: dict[str, np.ndarray], latent_dim: int) -> DecodedCodes:
-        """One text segment through the decoupled gpt_decoder: collect the streamed chunks until the
-        response that carries `finish_reason`. Leaving early (the HTTP client went away) cancels the
-        gRPC stream, which frees the decoder's slot."""
-        model = GPT_DECODER
-        started = time.perf_counter()
+        """One text segment through the decoupled gpt_decoder, all its codes at once (see decode_stream)."""
         codes: list[np.ndarray] = []
         latents: list[np.ndarray] = []
+        last = None
+        async for chunk in self.decode_stream(inputs, latent_dim):
+            codes.append(chunk.codes)
+            latents.append(chunk.latents)
+            last = chunk
+        assert last is not None and last.finish_reason is not None  # decode_stream ends with the finish
+        return DecodedCodes(
+            codes=np.concatenate(codes), latents=np.concatenate(latents), finish_reason=last.finish_reason,
+            model_version=last.model_version,
+        )
+
+    async def decode_stream(self, inputs: dict[str, np.ndarray], latent_dim: int) -> AsyncIterator[CodeChunk]:
+        """One text segment through the decoupled gpt_decoder: its codes as the model streams them (every
+        `stream_every` codes), the last chunk carrying `finish_reason`. Leaving early (the HTTP client went
+        away, the caller stopped iterating) cancels the gRPC stream, which frees the decoder's slot."""
+        model = GPT_DECODER
+        started = time.perf_counter()
         finish_reason = None
+        total = 0
         model_version = self.model_versions.get(model, "unknown")
         time_left = self._time_left(model, model, self.stream_timeout_s)
         self._enter(model)
@@ -310,17 +340,28 @@ class TritonStages:
                             raise error
                         chunk_codes = result.as_numpy("semantic_codes")
                         chunk_latents = result.as_numpy("code_latents")
-                        if chunk_codes is not None and chunk_codes.size:
-                            codes.append(chunk_codes.reshape(-1).astype(np.int64))
-                            latents.append(np.asarray(chunk_latents, dtype=np.float32).reshape(-1, latent_dim))
                         reason = result.as_numpy("finish_reason")
                         response = result.get_response()
                         model_version = response.model_version or model_version
                         final = response.parameters.get("triton_final_response")
                         if reason is not None:
                             finish_reason = _as_text(reason.reshape(-1)[0])
-                        if finish_reason is not None or (final is not None and final.bool_param):
+                        if finish_reason is None and final is not None and final.bool_param:
+                            raise ModelError(f"{model} ended the stream without a finish_reason", stage=model,
+                                             model=model, model_version=model_version)
+                        codes = np.zeros(0, dtype=np.int64)
+                        latents = np.zeros((0, latent_dim), dtype=np.float32)
+                        if chunk_codes is not None and chunk_codes.size:
+                            codes = chunk_codes.reshape(-1).astype(np.int64)
+                            latents = np.asarray(chunk_latents, dtype=np.float32).reshape(-1, latent_dim)
+                        total += codes.size
+                        if codes.size or finish_reason is not None:
+                            yield CodeChunk(codes, latents, finish_reason, model_version)
+                        if finish_reason is not None:
                             break
+                except StageError:
+                    span.set_status("internal_error")
+                    raise
                 except Exception as error:
                     span.set_status("internal_error")
                     raise self.stage_error(model, model, error) from error
@@ -332,18 +373,12 @@ class TritonStages:
                 if finish_reason is None:
                     raise ModelError(f"{model} ended the stream without a finish_reason", stage=model,
                                      model=model, model_version=model_version)
-                span.set_data("codes", int(sum(len(c) for c in codes)))
+                span.set_data("codes", total)
                 span.set_data("finish_reason", finish_reason)
         finally:
             self._leave(model)
             self.metrics.stage_seconds.labels(model).observe(time.perf_counter() - started)
         self.model_versions[model] = model_version
-        return DecodedCodes(
-            codes=np.concatenate(codes) if codes else np.zeros(0, dtype=np.int64),
-            latents=np.concatenate(latents) if latents else np.zeros((0, latent_dim), dtype=np.float32),
-            finish_reason=finish_reason,
-            model_version=model_version,
-        )
 
     async def readiness(self, models: tuple[str, ...] = PIPELINE_MODELS, timeout_s: float = 2.0) -> Readiness:
         """Is the server live, and which of `models` are ready (no exception: down means not ready)."""

@@ -22,6 +22,15 @@ def golden_tiny() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def golden_tiny_2_5() -> Path:
+    """The tiny IndexTTS-2.5 checkpoint with the official code's outputs; skips when this clone has none."""
+    path = GOLDEN_DIR / "indextts2_5-tiny"
+    if not (path / "GOLDEN.md").is_file():
+        pytest.skip(f"golden data not found at {path} (set INDEXTTS2_GOLDEN_DIR to the folder holding indextts2_5-tiny)")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

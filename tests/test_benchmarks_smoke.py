@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from benchmarks import loadgen
@@ -39,6 +40,7 @@ def tiny_run(triton_server, demo_checkpoint, tmp_path_factory) -> dict:
         "--concurrency", *map(str, CONCURRENCY), "--requests", str(REQUESTS), "--codes", str(CODES),
         "--diffusion-steps", "2", "--name", "smoke", "--out-dir", str(out / "results"),
         "--build-dir", str(out / "build"), "--ceiling-batches", "1", "2", "--ceiling-gpt-batches", "1", "4",
+        "--streaming-concurrency", "2", "--streaming-codes", "40",
     ]
     completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -48,6 +50,8 @@ def tiny_run(triton_server, demo_checkpoint, tmp_path_factory) -> dict:
         "report": json.loads((results / "smoke.json").read_text()),
         "markdown": (results / "smoke.md").read_text(),
         "png": results / "smoke_demo.png",
+        "streaming": json.loads((results / "streaming.json").read_text()),
+        "streaming_markdown": (results / "streaming.md").read_text(),
     }
 
 
@@ -55,7 +59,7 @@ def test_json_report_has_every_run_with_its_figures(tiny_run):
     report = tiny_run["report"]
     assert report["hardware"]["cpu_cores"] and report["hardware"]["gpu"] is None
     assert report["settings"]["controls"] == {"codes": CODES, "diffusion_steps": 2, "stream": True,
-                                              "request_timeout_s": 120.0}
+                                              "stream_mode": "segment", "request_timeout_s": 120.0}
     assert report["settings"]["client_timeout_s"] == 125.0
     runs = report["presets"]["demo"]["runs"]
     assert sorted((run["system"], run["concurrency"]) for run in runs) == [
@@ -133,6 +137,34 @@ def test_markdown_report_has_the_ratio_and_run_tables(tiny_run):
     assert "Request timeout, the same for both systems: 120 s" in markdown
     assert "| demo | no 504, no 5xx but 503 + Retry-After (served: no other failure) | none in any run | yes |" in markdown
     assert "| gpt_decoder |" in markdown and "smoke_demo.png" in markdown
+
+
+def test_streaming_report_has_the_three_systems_their_ttfa_and_the_chunked_distance(tiny_run):
+    """Chunked and by-segment streaming from the orchestrator and the eager baseline's by-segment streaming,
+    each with a time to first audio; the chunked audio's distance to the whole-segment audio."""
+    result = tiny_run["streaming"]["presets"]["demo"]
+    runs = {run["system"]: run for run in result["runs"]}
+    assert set(runs) == {"served_chunk", "served_segment", "eager_segment"}
+    for run in runs.values():
+        assert run["concurrency"] == 2 and run["ok"] == run["sent"] > 0
+        assert 0 < run["ttfa_s"]["p50"] <= run["ttfa_s"]["p95"] <= run["latency_s"]["p95"]
+    (ratio,) = result["ratios"]
+    assert ratio["ttfa_p50"] > 0 and ratio["throughput"] > 0
+    distances = result["distances"]
+    for row in distances["requests"]:
+        assert row["samples_whole"] == row["samples_chunk"]  # the chunks add up to the segment's frames
+        assert 0 <= row["mel_l1"] < 100 and 0 <= row["log_spectral_distance_db"] < 200
+    assert "served_chunk" in tiny_run["streaming_markdown"] and "TTFA p50" in tiny_run["streaming_markdown"]
+
+
+def test_log_spectral_distance_is_zero_for_equal_audio_and_grows_with_a_gain():
+    from benchmarks.streaming import log_spectral_distance
+
+    rng = np.random.default_rng(0)
+    audio = rng.standard_normal(22050).astype(np.float32)
+    assert log_spectral_distance(audio, audio) == 0.0
+    # Twice the amplitude is +6.02 dB in every bin.
+    assert log_spectral_distance(audio, 2 * audio) == pytest.approx(20 * np.log10(2), rel=1e-3)
 
 
 def test_plot_is_a_png(tiny_run):

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import struct
 
-import httpx
-import numpy as np
 import pytest
 import sentry_sdk
 import soundfile
@@ -20,7 +17,7 @@ from triton_models import model_reconfigured, model_unloaded
 
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
-from orchestrator.testing import make_test_client, served_over_http, speech_like_wav
+from orchestrator.testing import make_test_client, speech_like_wav
 from orchestrator.triton_client import PIPELINE_MODELS
 
 TEXT = "Hello there. This is a test of the speech service, in two sentences."
@@ -108,25 +105,6 @@ def test_tts_returns_a_valid_wav_of_plausible_length(client, events):
     longest = segments * (assets.default_max_codes * 1.72 * 256 / 22050 + 0.2)
     assert 0.0 < seconds <= longest
     assert events(response, 0) == []
-
-
-def test_streaming_chunks_concatenate_to_the_same_wav(client):
-    """Over a real HTTP server (uvicorn): chunked transfer, a streaming WAV header, then PCM."""
-    audio = speech_like_wav(6.0, seed=12)
-    whole = _tts(client, audio)
-    assert whole.status_code == 200, whole.text
-    with served_over_http(create_app(client.app.state.settings)) as url, httpx.stream(
-        "POST", f"{url}/v1/tts", data={"text": TEXT, **FAST, "stream": "true"},
-        files={"speaker_audio": ("voice.wav", audio, "audio/wav")}, timeout=120,
-    ) as response:
-        assert response.status_code == 200
-        assert response.headers["transfer-encoding"] == "chunked" and "content-length" not in response.headers
-        stream = b"".join(response.iter_raw())
-    assert stream[:4] == b"RIFF" and struct.unpack("<I", stream[40:44])[0] == 0xFFFFFFFF
-    samples, rate = soundfile.read(io.BytesIO(stream), dtype="int16")
-    expected, _ = soundfile.read(io.BytesIO(whole.content), dtype="int16")
-    assert rate == 22050 and samples.shape[0] == (len(stream) - 44) // 2
-    np.testing.assert_array_equal(samples, expected)  # same seed: the same audio, streamed
 
 
 def test_registered_voice_with_the_emotion_of_another_through_both_routes(client):

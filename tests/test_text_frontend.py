@@ -248,6 +248,17 @@ def test_split_pieces_quick_streaming_keeps_the_first_atoms_apart() -> None:
     assert split_pieces(pieces, max_tokens=8, quick_streaming_tokens=6) == [pieces[:3], pieces[3:]]
 
 
+def test_split_pieces_first_segment_ends_at_the_first_break_once_long_enough() -> None:
+    pieces = ["▁A", "B", ",", "C", "D", ",", "E", "F", ".", "G", "H", "I", "."]
+    assert split_pieces(pieces, max_tokens=20) == [pieces]
+    # 2 pieces are reached inside the first clause: it ends at its comma; the rest is joined as without.
+    assert split_pieces(pieces, max_tokens=20, first_segment_tokens=2) == [pieces[:3], pieces[3:]]
+    # 4 pieces are reached in the second clause: the first segment ends at the second comma.
+    assert split_pieces(pieces, max_tokens=20, first_segment_tokens=4) == [pieces[:6], pieces[6:]]
+    # Longer than the text: one segment, as without.
+    assert split_pieces(pieces, max_tokens=20, first_segment_tokens=50) == [pieces]
+
+
 def test_split_pieces_rejects_a_non_positive_limit() -> None:
     with pytest.raises(ValueError, match="max_tokens"):
         split_pieces(["▁A"], max_tokens=0)

@@ -78,6 +78,9 @@ class KVCacheManager:
         """1 + the highest slot in use (0 when none): the rows a decode step has to cover."""
         return max(self._used) + 1 if self._used else 0
 
+    def in_use(self, slot: int) -> bool:
+        return slot in self._used
+
     def allocate(self) -> int:
         if not self._free:
             raise RuntimeError("no free KV cache slot")

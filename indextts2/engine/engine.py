@@ -16,7 +16,12 @@ benchmarks) or with its background thread (`start()` / `stop()`), which sleeps w
 `submit` and `cancel` may be called from any thread. Events go to each request's handle, or, with
 `events=`, all onto that one queue (what a server's single response thread reads).
 
-Devices: CPU float32 by default; on CUDA float16 with the decode step in CUDA graphs (see runner.py).
+Devices: CPU float32 by default; on CUDA float16, the decode step in CUDA graphs where asked for
+(`use_cuda_graphs`, off by default: that path has never run on a GPU; see runner.py).
+
+Out of memory: a decode step that runs out of memory is run again on the first half of its batch (the
+others wait for the next step), down to one sequence; when even that fails, the step's sequences end
+with an error that starts with "out of memory" and the engine serves on (see `_decode_step`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ import torch
 
 from indextts2.config import load_config
 from indextts2.engine.cache import KVCacheManager
+from indextts2.engine.device import (
+    OutOfMemoryInjection,
+    free_cached_memory,
+    is_out_of_memory,
+    out_of_memory_message,
+)
 from indextts2.engine.requests import (
     DEADLINE_EXCEEDED,
     DecodeEvent,
@@ -126,7 +137,7 @@ class DecoderEngine:
         max_prefills_per_step: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-        use_cuda_graphs: bool = True,
+        use_cuda_graphs: bool = False,
         stats_history: int = 10_000,
         events: queue.Queue[DecodeEvent] | None = None,
         clock: Callable[[], float] = time.time,
@@ -139,7 +150,7 @@ class DecoderEngine:
         if max_prefills_per_step is not None and max_prefills_per_step < 1:
             raise ValueError(f"max_prefills_per_step must be >= 1 or None, got {max_prefills_per_step}")
         self.max_prefills_per_step = max_prefills_per_step
-        num_latents = model.perceiver_encoder.latents.shape[0]
+        num_latents = model.speaker_latent_count  # 32 perceiver latents (2.0) or the one style row (2.5)
         longest_prefix = num_latents + 2 + model.text_pos_embedding.emb.num_embeddings
         self.max_seq_len = max_seq_len or longest_prefix + model.max_mel_tokens
         self._mel_positions = model.mel_pos_embedding.emb.num_embeddings
@@ -156,13 +167,22 @@ class DecoderEngine:
         self._closed = False
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # Test hook (the gpt_decoder model's `inject_oom_steps`): `.arm(n)` makes the next n decode
+        # attempts raise torch.OutOfMemoryError before they run.
+        self.out_of_memory_injection = OutOfMemoryInjection()
 
     @classmethod
     def from_checkpoint_dir(cls, model_dir: str | Path, **engine_options: Any) -> DecoderEngine:
-        """Load `gpt.pth` of an official checkpoint directory (names from its config.yaml)."""
+        """Load `gpt.pth` of an official checkpoint directory (names from its config.yaml), an
+        IndexTTS-2.0 or 2.5 one (`detect_version`)."""
+        from indextts2.checkpoint_dir import VERSION_2_5, detect_version
+
         model_dir = Path(model_dir)
         config = load_config(model_dir / "config.yaml")
-        model = load_gpt(
+        loader = load_gpt
+        if detect_version(model_dir) == VERSION_2_5:
+            from indextts2.networks.gpt_2_5 import load_gpt_2_5 as loader
+        model = loader(
             config["gpt"],
             model_dir / str(config.get("gpt_checkpoint", "gpt.pth")),
             feature_dim=config["semantic_codec"]["hidden_size"],
@@ -242,18 +262,26 @@ class DecoderEngine:
             admitted = self._scheduler.admit(free)
             for sequence in admitted:
                 sequence.slot = self._cache.allocate()
+                out_of_memory = False
                 try:
                     produced += self._prefill(sequence)
                 except Exception as error:  # fails this sequence only
                     logger.exception("prefill of request %s failed", sequence.request_id)
-                    self._finish(sequence, StopReason.ERROR, f"prefill failed: {error}")
+                    out_of_memory = is_out_of_memory(error)
+                    if out_of_memory:
+                        message = out_of_memory_message(1, str(self.device), error)
+                        self._finish(sequence, StopReason.ERROR, message, failed_batch_size=1)
+                    else:
+                        self._finish(sequence, StopReason.ERROR, f"prefill failed: {error}")
+                if out_of_memory:  # here, where the traceback no longer holds the failed prefill's tensors
+                    free_cached_memory(self.device)
             prefilled = time.perf_counter()
 
             decoding = sorted(self._scheduler.running(), key=lambda s: s.slot)
-            rows = 0
+            rows = decoded_batch = 0
             if decoding:
                 try:
-                    kept, rows = self._decode(decoding)
+                    kept, rows, decoded_batch = self._decode_step(decoding)
                     produced += kept
                 except Exception as error:  # a failed batch fails its sequences, not the engine
                     logger.exception("decode step failed")
@@ -264,7 +292,7 @@ class DecoderEngine:
             if admitted or decoding:
                 record = StepRecord(
                     prefills=len(admitted),
-                    decode_batch=len(decoding),
+                    decode_batch=decoded_batch,
                     decode_rows=rows,
                     prefill_seconds=prefilled - started,
                     decode_seconds=decoded - prefilled,
@@ -349,6 +377,13 @@ class DecoderEngine:
         text_len = int(((text != model.start_text_token) & (text != model.stop_text_token)).sum())
         if text_len + 2 > self._text_positions:
             raise ValueError(f"{text_len} text ids exceed max_text_tokens={model.max_text_tokens}")
+        language = request.language
+        if language is not None:
+            if not model.uses_language:
+                raise ValueError("this GPT (IndexTTS-2.0) takes no language id")
+            rows = model.lang_embedding.num_embeddings
+            if isinstance(language, bool) or not isinstance(language, int) or not 0 <= language < rows:
+                raise ValueError(f"language must be an int in [0, {rows}), got {language!r}")
         if not isinstance(request.stream_every, int) or request.stream_every < 1:
             raise ValueError(f"stream_every must be a positive int, got {request.stream_every!r}")
 
@@ -384,17 +419,51 @@ class DecoderEngine:
     def _prefill(self, sequence: Sequence) -> int:
         latents, emotion, text = sequence.inputs
         sequence.inputs = None
+        language = sequence.request.language
         prefix = self.model.build_prefix(
-            latents.to(self.device, self.dtype), emotion.to(self.device, self.dtype), text.to(self.device)
+            latents.to(self.device, self.dtype), emotion.to(self.device, self.dtype), text.to(self.device),
+            **({} if language is None else {"language": language}),
         )
         if prefix.shape[0] != sequence.prefix_len:
             raise RuntimeError(f"prefix has {prefix.shape[0]} tokens, expected {sequence.prefix_len}")
         hidden = self._runner.prefill(sequence.slot, prefix)
+        sampled = self._sample([sequence], hidden[None])
         sequence.steps_done = 1
-        return self._accept([sequence], hidden[None])
+        return self._accept([sequence], sampled)
 
-    def _decode(self, sequences: list[Sequence]) -> tuple[int, int]:
-        """One batched step; -> (codes kept, cache rows computed)."""
+    def _decode_step(self, sequences: list[Sequence]) -> tuple[int, int, int]:
+        """The step's batched decode. Out of memory, it runs again on the first half of the batch (the
+        lowest slots, so the rows it computes hold no other running sequence; the rest wait for the next
+        step), down to one sequence; when even that runs out, every sequence of the step ends with an
+        OUT_OF_MEMORY error. -> (codes kept, cache rows computed, sequences decoded)."""
+        batch = sequences
+        while True:
+            try:
+                self.out_of_memory_injection.check(f"decode step of {len(batch)} sequences")
+                sampled, rows = self._decode(batch)
+                break
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                message = out_of_memory_message(len(sequences), str(self.device), error)
+            # Here, not in the except block: the traceback no longer holds the failed attempt's tensors.
+            free_cached_memory(self.device)
+            if len(batch) == 1:
+                logger.error("decode step out of memory even for one sequence: failing its %d sequences (%s)",
+                             len(sequences), message)
+                for sequence in sequences:
+                    self._finish(sequence, StopReason.ERROR, message, failed_batch_size=len(sequences))
+                return 0, 0, 0
+            logger.warning("decode step of %d sequences out of memory: running %d this step (%s)",
+                           len(batch), len(batch) // 2, message)
+            batch = batch[: len(batch) // 2]
+        for sequence in batch:
+            sequence.steps_done += 1
+        return self._accept(batch, sampled), rows, len(batch)
+
+    def _decode(self, sequences: list[Sequence]) -> tuple[list[tuple[int | None, torch.Tensor]], int]:
+        """One batched step, sampled: -> (`_sample`'s per-sequence codes and latents, cache rows computed).
+        It changes no sequence (only their samplers' generators advance), so a failed one can run again."""
         mel_positions = [
             self.model.mel_position(s.steps_done, s.request.official_positions) for s in sequences
         ]
@@ -404,27 +473,31 @@ class DecoderEngine:
             mel_positions=mel_positions,
             cache_positions=[s.prefix_len + s.steps_done for s in sequences],
         )
-        for sequence in sequences:
-            sequence.steps_done += 1
-        return self._accept(sequences, hidden), rows
+        return self._sample(sequences, hidden), rows
 
-    def _accept(self, sequences: list[Sequence], hidden: torch.Tensor) -> int:
-        """Sample each sequence's next code from its hidden state (B, d); keep it or end the
-        sequence. Returns the number of codes kept."""
+    def _sample(self, sequences: list[Sequence], hidden: torch.Tensor) -> list[tuple[int | None, torch.Tensor]]:
+        """Each sequence's next code from its hidden state (B, d), None where its logits are not finite,
+        with its latent (on the CPU)."""
         logits = self.model.mel_head(hidden)
         finite = torch.isfinite(logits).all(dim=-1).tolist()
-        if not all(finite):
-            for sequence, ok in zip(sequences, finite):
-                if not ok:
-                    self._finish(sequence, StopReason.ERROR, "the GPT produced non-finite logits")
-            keep = [i for i, ok in enumerate(finite) if ok]
-            sequences, logits, hidden = [sequences[i] for i in keep], logits[keep], hidden[keep]
-            if not sequences:
-                return 0
-        codes = sample_next_codes(logits, [s.sampler for s in sequences]).tolist()
-        latents = hidden.float().cpu()
+        keep = [i for i, ok in enumerate(finite) if ok]
+        codes: list[int | None] = [None] * len(sequences)
+        if keep:
+            if len(keep) < len(sequences):
+                logits = logits[keep]
+            drawn = sample_next_codes(logits, [sequences[i].sampler for i in keep]).tolist()
+            for i, code in zip(keep, drawn, strict=True):
+                codes[i] = code
+        return list(zip(codes, hidden.float().cpu(), strict=True))
+
+    def _accept(self, sequences: list[Sequence], sampled: list[tuple[int | None, torch.Tensor]]) -> int:
+        """Keep each sequence's sampled code (`_sample`) or end the sequence. Returns the number of
+        codes kept."""
         kept = 0
-        for sequence, code, latent in zip(sequences, codes, latents):
+        for sequence, (code, latent) in zip(sequences, sampled, strict=True):
+            if code is None:
+                self._finish(sequence, StopReason.ERROR, "the GPT produced non-finite logits")
+                continue
             if code == self.model.stop_mel_token:
                 self._finish(sequence, StopReason.STOP_CODE)
                 continue
@@ -453,7 +526,9 @@ class DecoderEngine:
         sequence.pending_codes, sequence.pending_latents = [], []
         sequence.handle._put(event)
 
-    def _finish(self, sequence: Sequence, reason: StopReason, error: str | None = None) -> None:
+    def _finish(
+        self, sequence: Sequence, reason: StopReason, error: str | None = None, failed_batch_size: int | None = None
+    ) -> None:
         """Send what is pending and the final event; free the slot. Runs once per sequence."""
         if sequence.finished:
             return
@@ -464,7 +539,9 @@ class DecoderEngine:
             self._cache.release(sequence.slot, used_len=sequence.prefix_len + sequence.steps_done + 1)
             sequence.slot = -1
         self._scheduler.retire(sequence)
-        sequence.handle._put(self._final_event(sequence.request_id, reason, sequence.emitted, error))
+        sequence.handle._put(
+            self._final_event(sequence.request_id, reason, sequence.emitted, error, failed_batch_size)
+        )
 
     @staticmethod
     def _deadline_message(deadline: float, now: float, codes: int | None) -> str:
@@ -473,7 +550,9 @@ class DecoderEngine:
         when = "before decoding started" if codes is None else f"after {codes} codes"
         return f"{DEADLINE_EXCEEDED} {when} (the deadline passed {late_ms:.0f} ms ago)"
 
-    def _final_event(self, request_id: str, reason: StopReason, total: int, error: str | None) -> DecodeEvent:
+    def _final_event(
+        self, request_id: str, reason: StopReason, total: int, error: str | None, failed_batch_size: int | None = None
+    ) -> DecodeEvent:
         return DecodeEvent(
             request_id=request_id,
             codes=torch.zeros(0, dtype=torch.long),
@@ -482,4 +561,5 @@ class DecoderEngine:
             finished=True,
             stop_reason=reason,
             error=error,
+            failed_batch_size=failed_batch_size,
         )

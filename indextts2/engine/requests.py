@@ -49,7 +49,8 @@ class StopReason(str, Enum):
 class DecodeRequest:
     """One text segment to decode into semantic codes.
 
-    speaker_latents (N, d) or (1, N, d): `UnifiedVoice.get_conditioning` output (N = 32).
+    speaker_latents (N, d) or (1, N, d): `UnifiedVoice.get_conditioning` output (N = 32), or for an
+    IndexTTS-2.5 GPT `UnifiedVoice25.speaker_conditioning(style)` (N = 1).
     emotion_vector (d,) or (1, d): `get_emovec` / `merge_emovec` output.
     text_ids (L,) or (1, L) integer: text token ids; start/stop text ids are dropped, as the official
     `prepare_gpt_inputs` does, and the engine frames the text itself.
@@ -57,6 +58,8 @@ class DecodeRequest:
     official codes; the latents then differ from the teacher-forced `forward` (the default trained
     positions make them equal, so no second GPT pass is needed).
     stream_every: a chunk event is emitted each time this many new codes are ready.
+    language: IndexTTS-2.5 only: the language id (index into the official LANGUAGE_DICT) whose
+    embedding is added to every text row; None: none (the only value an IndexTTS-2.0 GPT accepts).
     deadline: Unix time in seconds (`time.time()`) after which the caller no longer wants the result;
     None: none. A request past it is not admitted, and a running one is stopped at the next step
     (both end with `StopReason.DEADLINE`), so no compute is spent on an answer nobody waits for.
@@ -70,6 +73,7 @@ class DecodeRequest:
     official_positions: bool = False
     stream_every: int = 16
     deadline: float | None = None
+    language: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ class DecodeEvent:
     codes (n,) int64 and latents (n, d) float32 are on the CPU. latents[i] is the `final_norm` hidden
     state at the input token of the step that produced codes[i] (the s2mel latent). `offset` is the
     index of codes[0] in the whole sequence; in the final event codes are empty and `offset` is the
-    total number of codes.
+    total number of codes. `failed_batch_size`: on the final event of a sequence whose decode step ran out
+    of memory (`error` starts with "out of memory"), the sequences that step held; else None.
     """
 
     request_id: str
@@ -89,6 +94,7 @@ class DecodeEvent:
     finished: bool = False
     stop_reason: StopReason | None = None
     error: str | None = None
+    failed_batch_size: int | None = None
 
 
 @dataclass(frozen=True)

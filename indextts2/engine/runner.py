@@ -1,13 +1,16 @@
 """Model runner: the GPT passes of the engine, on rows of the shared KV cache.
 
 - `prefill`: one new sequence alone, its whole prefix plus the start code, written into its own row.
-- `decode`: ONE step for every running sequence together. Row r of the batch is cache slot r, for
-  r in [0, span); free slots inside the span are computed too (they write and read position 0 of
-  their own free row, so they touch nobody) and their outputs dropped. Each row writes its new token
+- `decode`: ONE step for the given sequences together. Row r of the batch is cache slot r, for
+  r in [0, highest slot + 1); free slots among them are computed too (they write and read position 0
+  of their own free row, so they touch nobody) and their outputs dropped. Every other row in that
+  range must be free: a batch of fewer than the running sequences (the engine's retry after running
+  out of memory) takes the lowest slots. Each row writes its new token
   at its own position and its query reads keys [0, length) of its own row only (a per-row key mask).
 
-On CUDA the decode step is captured once per batch bucket (1, 2, 4, ..., max_slots) in a CUDA graph
-and the batch is padded to the bucket with free rows. The CPU path never touches that code.
+On CUDA, where asked for (`use_cuda_graphs`, off by default: never run on a GPU yet), the decode step
+is captured once per batch bucket (1, 2, 4, ..., max_slots) in a CUDA graph and the batch is padded
+to the bucket with the rows past the span, all free. The CPU path never touches that code.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ class CudaDecodeGraphs:
 
 
 class ModelRunner:
-    def __init__(self, model: UnifiedVoice, cache: KVCacheManager, use_cuda_graphs: bool = True):
+    def __init__(self, model: UnifiedVoice, cache: KVCacheManager, use_cuda_graphs: bool = False):
         self.model = model
         self.cache = cache
         self.device = cache.layers[0].k.device
@@ -151,11 +154,15 @@ class ModelRunner:
     ) -> tuple[torch.Tensor, int]:
         """One step for the sequences in `slots` (each feeds codes[i] at mel_positions[i], written at
         cache_positions[i] of its row). -> ((B, d) hidden states in the order of `slots`, rows run)."""
-        rows = self.cache.span
+        rows = max(slots) + 1
+        taken = set(slots)
+        others = [row for row in range(rows) if row not in taken and self.cache.in_use(row)]
+        if others:  # they would be computed as free rows: position 0 of their cache overwritten
+            raise ValueError(f"slots {others} are in use but not in this step (a partial step takes the lowest slots)")
         row_codes = [0] * rows
         row_mel_positions = [0] * rows
         row_cache_positions = [0] * rows  # free rows: position 0 of their own row
-        for slot, code, mel_position, cache_position in zip(slots, codes, mel_positions, cache_positions):
+        for slot, code, mel_position, cache_position in zip(slots, codes, mel_positions, cache_positions, strict=True):
             row_codes[slot] = code
             row_mel_positions[slot] = mel_position
             row_cache_positions[slot] = cache_position
@@ -164,7 +171,9 @@ class ModelRunner:
         cache_t = self._long(row_cache_positions)
         lengths = cache_t + 1
         select = self._long(slots)
-        if self.cuda_graphs is not None:
+        # The graph pads the batch with the rows after it, free only when the batch reaches the span; a
+        # partial step (see above) runs eagerly.
+        if self.cuda_graphs is not None and rows == self.cache.span:
             hidden, rows_run = self.cuda_graphs.run(codes_t, mel_t, cache_t, lengths)
             return hidden[select], rows_run
         key_index = self._key_index[: max(cache_positions) + 1]

@@ -8,20 +8,50 @@ is drawn per request from its own seed).
 
 Which requests share a batch is `plan_s2mel_batches`' decision (by cost, not by arrival): padding a
 short row to a long one is work thrown away, so a batch is only formed where it stays small.
+
+Precision (`s2mel_autocast_dtype`): float32, or the networks under torch.autocast in float16 / bfloat16
+as the official infer_v2 runs s2mel with use_fp16 (the weights stay float32).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from indextts2 import defaults
+from indextts2.engine.device import OutOfMemoryInjection
 from indextts2.networks.flow_matching import VelocityFn
 from indextts2.networks.s2mel import S2Mel
 from indextts2.networks.semantic_codec import RepCodec
-from indextts2.pipeline import target_mel_frames
+from indextts2.rules import target_mel_frames
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def s2mel_autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | None:
+    """The autocast dtype for s2mel's `precision` on `device`; None: plain float32.
+
+    float16 and bfloat16 run the s2mel networks (GPT layer, length regulator, DiT) under torch.autocast
+    with that dtype, as the official infer_v2 does with use_fp16: matmuls and convolutions in half
+    precision, what autocast keeps in float32 (norms, softmax) in float32, the weights float32. The
+    vocoder is a model of its own and stays float32. float16 on a CPU falls back to float32 with a log
+    line, so that one repository configured for its GPUs still loads on a CPU server (device "auto"):
+    CPUs have few float16 kernels, so it would be slower there and it was never measured; bfloat16 is
+    CPU autocast's own dtype and is kept.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"s2mel precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype == torch.float16 and torch.device(device).type != "cuda":
+        logger.warning("s2mel: precision float16 is for CUDA; on %s s2mel runs in float32", device)
+        return None
+    return dtype
 
 
 @dataclass
@@ -35,6 +65,23 @@ class S2MelRequest:
     diffusion_steps: int = defaults.DIFFUSION_STEPS
     cfg_rate: float = defaults.CFG_RATE
     seed: int | None = None
+    # Streaming in chunks (orchestrator/streaming.py): this request holds codes [code_offset, code_offset + n)
+    # of its segment, and ref_mel may continue past the speaker prompt with `context_frames` of the mel
+    # already rendered for the first codes of that window. Those frames are prompt (kept, not generated),
+    # so the new frames continue them; their condition comes from this window's own codes.
+    code_offset: int = 0
+
+    @property
+    def context_frames(self) -> int:
+        return int(self.ref_mel.shape[1]) - int(self.prompt_condition.shape[0])
+
+    @property
+    def target_frames(self) -> int:
+        """Condition frames of this window's codes: the segment's frame count at its end minus at its start,
+        so that the windows of one segment add up to the whole segment's frames."""
+        end = self.code_offset + int(self.codes.shape[0])
+        start = target_mel_frames(self.code_offset, self.duration_ratio) if self.code_offset else 0
+        return target_mel_frames(end, self.duration_ratio) - start
 
     def validate(self) -> None:
         n = self.codes.shape[0]
@@ -44,17 +91,22 @@ class S2MelRequest:
             raise ValueError(f"code_latents must be ({n}, d) for {n} codes, got {tuple(self.latents.shape)}")
         if self.ref_mel.dim() != 2 or self.prompt_condition.dim() != 2:
             raise ValueError("ref_mel must be (80, T) and prompt_condition (T, C)")
-        if self.ref_mel.shape[1] != self.prompt_condition.shape[0]:
+        if self.code_offset < 0:
+            raise ValueError(f"code_offset must not be negative, got {self.code_offset}")
+        if not 0 <= self.context_frames < self.target_frames:
             raise ValueError(
-                f"ref_mel has {self.ref_mel.shape[1]} frames but prompt_condition {self.prompt_condition.shape[0]}"
+                f"ref_mel has {self.ref_mel.shape[1]} frames and prompt_condition {self.prompt_condition.shape[0]}: "
+                f"ref_mel must hold the prompt's frames plus fewer than the {self.target_frames} frames of these codes"
             )
+        if self.prompt_condition.shape[0] + self.context_frames == 0:
+            raise ValueError("no prompt: send the speaker prompt or the mel already rendered (ref_mel)")
         if self.diffusion_steps < 1:
             raise ValueError(f"diffusion_steps must be at least 1, got {self.diffusion_steps}")
 
     @property
     def frames(self) -> int:
         """The row length the DiT runs on: prompt frames + generated frames (its cost per step)."""
-        return int(self.prompt_condition.shape[0]) + target_mel_frames(int(self.codes.shape[0]), self.duration_ratio)
+        return int(self.prompt_condition.shape[0]) + self.target_frames
 
     @property
     def batch_key(self) -> tuple[int, float]:
@@ -102,11 +154,26 @@ def plan_s2mel_batches(
 
 
 class S2MelBatcher:
-    def __init__(self, s2mel: S2Mel, codec: RepCodec, device: str | torch.device = "cpu"):
+    """autocast_dtype: run the networks under torch.autocast with it (`s2mel_autocast_dtype`); None:
+    in the weights' dtype."""
+
+    def __init__(
+        self, s2mel: S2Mel, codec: RepCodec, device: str | torch.device = "cpu",
+        autocast_dtype: torch.dtype | None = None,
+    ):
         self.s2mel = s2mel
         self.codec = codec
         self.device = torch.device(device)
         self.dtype = next(s2mel.parameters()).dtype
+        self.autocast_dtype = autocast_dtype
+        # Test hook (the s2mel model's `inject_oom_steps`): `.arm(n)` makes the next n runs raise
+        # torch.OutOfMemoryError before they start.
+        self.out_of_memory_injection = OutOfMemoryInjection()
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @torch.inference_mode()
     def run(
@@ -123,6 +190,7 @@ class S2MelBatcher:
         """
         for request in requests:
             request.validate()
+        self.out_of_memory_injection.check(f"s2mel batch of {len(requests)}")
         results: list[torch.Tensor | None] = [None] * len(requests)
         groups: dict[tuple[int, float], list[int]] = {}
         for index, request in enumerate(requests):
@@ -133,7 +201,8 @@ class S2MelBatcher:
                 def group_gone(indices=indices) -> torch.Tensor:
                     gone = rows_gone()
                     return torch.tensor([bool(gone[i]) for i in indices])
-            mels = self._run_group([requests[i] for i in indices], steps, cfg_rate, velocity_fn, group_gone)
+            with self._precision():
+                mels = self._run_group([requests[i] for i in indices], steps, cfg_rate, velocity_fn, group_gone)
             for index, mel in zip(indices, mels):
                 results[index] = mel
         return results
@@ -161,18 +230,19 @@ class S2MelBatcher:
         latents = self._pad_stack([r.latents.to(device, dtype) for r in requests], 0)
         content = self.codec.vq2emb(codes) + self.s2mel.gpt_layer(latents)
 
-        targets = [target_mel_frames(r.codes.shape[0], r.duration_ratio) for r in requests]
+        targets = [r.target_frames for r in requests]
         target_lens = torch.tensor(targets, device=device)
         condition, _ = self.s2mel.length_regulator(content, target_lens, x_lens=code_lens)
 
-        # Each row: [its prompt condition | its generated condition], then padding.
-        prompt_lens = [r.prompt_condition.shape[0] for r in requests]
+        # Each row: [its prompt condition | its codes' condition], then padding. The prompt mel covers the
+        # speaker prompt and, when streaming, the first context frames of the codes' condition too.
         rows = [
             torch.cat([r.prompt_condition.to(device, dtype), condition[i, : targets[i]]], dim=0)
             for i, r in enumerate(requests)
         ]
+        prompt_lens = [r.ref_mel.shape[1] for r in requests]
         mu = self._pad_stack(rows, 0)
-        x_lens = torch.tensor([p + t for p, t in zip(prompt_lens, targets)], device=device)
+        x_lens = torch.tensor([r.prompt_condition.shape[0] + t for r, t in zip(requests, targets)], device=device)
         prompt = self._pad_stack([r.ref_mel.to(device, dtype) for r in requests], 1)
         style = torch.stack([r.style.to(device, dtype) for r in requests])
 

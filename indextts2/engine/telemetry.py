@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from indextts2.engine.device import is_out_of_memory
+
 logger = logging.getLogger(__name__)
 
 try:  # sentry-sdk is a dependency of the service; a bare model environment may lack it.
@@ -68,11 +70,19 @@ class ModelTelemetry:
             with sentry_sdk.start_transaction(transaction):
                 yield scope
 
-    def report(self, error: BaseException, headers: dict[str, str], metadata: dict[str, Any] | None = None) -> None:
-        """Report an exception (with its stack trace) that the model turned into an error response."""
+    def report(
+        self, error: BaseException, headers: dict[str, str], metadata: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Report an exception (with its stack trace) that the model turned into an error response. `tags`
+        are added to the event's (an out-of-memory error brings `out_of_memory_tags`: gpu_model,
+        total_memory, current_batch_size); out-of-memory errors share one issue per model."""
         with self._scope(headers, metadata) as scope:
             if scope is not None:
-                scope.fingerprint = [self.model_name, type(error).__name__]
+                for key, value in (tags or {}).items():
+                    scope.set_tag(key, value)
+                kind = "out_of_memory" if is_out_of_memory(error) else type(error).__name__
+                scope.fingerprint = [self.model_name, kind]
                 sentry_sdk.capture_exception(error)
 
     def flush(self) -> None:

@@ -76,7 +76,8 @@ QUOTE_PIECES = frozenset({"'", "▁'"})
 
 
 def split_pieces(
-    pieces: Sequence[str], max_tokens: int = MAX_TEXT_TOKENS_PER_SEGMENT, quick_streaming_tokens: int = 0
+    pieces: Sequence[str], max_tokens: int = MAX_TEXT_TOKENS_PER_SEGMENT, quick_streaming_tokens: int = 0,
+    first_segment_tokens: int = 0,
 ) -> list[list[str]]:
     """Official TextTokenizer.split_segments rules, flattened.
 
@@ -85,6 +86,9 @@ def split_pieces(
        when an atom reaches max_tokens + 1 pieces, into max_tokens pieces and the 1 piece left over.
     2. Greedily join neighbouring atoms while the joined segment stays within max_tokens and more than
        quick_streaming_tokens pieces have been seen so far (or while it stays within max_tokens / 2).
+
+    first_segment_tokens > 0 (ours, for streaming): the first segment takes no more atoms once it holds
+    that many pieces, so it ends at the first punctuation break from there; the rest is joined as above.
 
     Differences from the official code, both deliberate: the quote after a sentence end is kept once
     (the official loop appends it to the closed segment and again to the next one), and it is kept only
@@ -122,7 +126,10 @@ def split_pieces(
             segments.append(list(atom))
             continue
         joined = len(segments[-1]) + len(atom)
-        if (joined <= max_tokens and seen > quick_streaming_tokens) or joined <= max_tokens / 2:
+        first_is_long_enough = len(segments) == 1 and 0 < first_segment_tokens <= len(segments[0])
+        if first_is_long_enough:
+            segments.append(list(atom))
+        elif (joined <= max_tokens and seen > quick_streaming_tokens) or joined <= max_tokens / 2:
             segments[-1] += atom
         else:
             segments.append(list(atom))
@@ -190,10 +197,11 @@ class TextFrontend:
         ]
 
     def split_segments(
-        self, text: str, max_tokens: int = MAX_TEXT_TOKENS_PER_SEGMENT, quick_streaming_tokens: int = 0
+        self, text: str, max_tokens: int = MAX_TEXT_TOKENS_PER_SEGMENT, quick_streaming_tokens: int = 0,
+        first_segment_tokens: int = 0,
     ) -> list[list[int]]:
         """Ids of the text cut into segments of at most max_tokens, in order, covering all of it."""
-        segments = split_pieces(self.pieces(text), max_tokens, quick_streaming_tokens)
+        segments = split_pieces(self.pieces(text), max_tokens, quick_streaming_tokens, first_segment_tokens)
         return [self._pieces_to_ids(segment) for segment in segments]
 
     def _pieces_to_ids(self, pieces: list[str]) -> list[int]:

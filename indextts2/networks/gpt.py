@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indextts2.checkpoint import load_state_dict_strict, torch_load
+from indextts2.checkpoint import CheckpointError, load_state_dict_strict, torch_load
 from indextts2.networks.conformer import ConformerEncoder
 from indextts2.networks.perceiver import PerceiverResampler
 
@@ -374,6 +374,16 @@ class UnifiedVoice(nn.Module):
 
     # --- conditioning -------------------------------------------------------------------------------
 
+    @property
+    def speaker_latent_count(self) -> int:
+        """Rows of speaker conditioning in the prefix (the perceiver's latents; 1 in IndexTTS-2.5)."""
+        return int(self.perceiver_encoder.latents.shape[0])
+
+    @property
+    def uses_language(self) -> bool:
+        """Whether the prefix takes a language id (IndexTTS-2.5's lang_embedding); 2.0 has none."""
+        return False
+
     def get_conditioning(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Speaker latents. features (B, T, feature_dim) time-major; lengths (B,) valid frame counts.
         -> (B, condition_num_latent, model_dim)."""
@@ -540,6 +550,7 @@ class UnifiedVoice(nn.Module):
         sampling: SamplingConfig | None = None,
         official_positions: bool = False,
         use_cache: bool = True,
+        language: int | None = None,
     ) -> GenerationOutput:
         """Reference autoregressive decoding of one sequence (batch 1, plain loop).
 
@@ -551,9 +562,13 @@ class UnifiedVoice(nn.Module):
         `mel_position`), which reproduce the official codes; its latents then differ from `forward`,
         which the official pipeline runs afterwards for s2mel.
         `use_cache=False` recomputes the whole sequence each step (same positions), for checking.
+        `language`: the language id of a GPT whose prefix takes one (`uses_language`); None otherwise.
         """
         sampling = sampling or SamplingConfig()
-        prefix = self.build_prefix(speaker_latents, emo_vec, text_ids).unsqueeze(0)  # (1, P, d)
+        if language is not None and not self.uses_language:
+            raise ValueError("this GPT (IndexTTS-2.0) takes no language id")
+        prefix_options = {} if language is None else {"language": language}
+        prefix = self.build_prefix(speaker_latents, emo_vec, text_ids, **prefix_options).unsqueeze(0)  # (1, P, d)
         device, dtype = prefix.device, prefix.dtype
         prefix_len = prefix.shape[1]
         max_codes = self.max_mel_tokens - 1 if sampling.max_codes is None else sampling.max_codes
@@ -673,11 +688,37 @@ def build_gpt(gpt_config: Mapping[str, Any], **overrides: Any) -> UnifiedVoice:
         raise ValueError(f"gpt config does not fit UnifiedVoice: {error}") from error
 
 
+# Keys only one version's GPT has; in a file given to the other version's loader they say which it is.
+_V2_0_ONLY_PREFIXES = ("conditioning_encoder.", "perceiver_encoder.", "speed_emb.")
+_V2_5_ONLY_PREFIXES = ("spk_emb_proj.", "lang_embedding.")
+
+
+def gpt_version_hint(keys: Any, expected: str) -> str:
+    """A sentence saying that a GPT state dict is of the other IndexTTS version than `expected`
+    ('2.0' or '2.5'), or '' if it does not look so."""
+    keys = sorted(str(key) for key in keys)
+    # The most telling key first: the one-tensor speed_emb of 2.0, the language table of 2.5.
+    only_2_0 = sorted((key for key in keys if key.startswith(_V2_0_ONLY_PREFIXES)),
+                      key=lambda key: key != "speed_emb.weight")
+    only_2_5 = [key for key in keys if key.startswith(_V2_5_ONLY_PREFIXES)]
+    if expected == "2.5" and only_2_0 and not only_2_5:
+        return (f"this is an IndexTTS-2.0 GPT, not an IndexTTS-2.5 one: it has {only_2_0[0]!r} and no "
+                "'spk_emb_proj.weight' or 'lang_embedding.weight'")
+    if expected == "2.0" and only_2_5 and not only_2_0:
+        return (f"this is an IndexTTS-2.5 GPT, not an IndexTTS-2.0 one: it has {only_2_5[0]!r} and no "
+                "speaker conformer/perceiver or 'speed_emb.weight'")
+    return ""
+
+
 def load_gpt(gpt_config: Mapping[str, Any], path: str | Path, **overrides: Any) -> UnifiedVoice:
     """Build from the config and load the official `gpt.pth` (a plain state dict) strictly, in eval mode."""
     state_dict = torch_load(path)
     if isinstance(state_dict, Mapping) and "model" in state_dict and not torch.is_tensor(state_dict["model"]):
         state_dict = state_dict["model"]  # the official loader accepts this wrapper too
     model = build_gpt(gpt_config, **overrides)
-    load_state_dict_strict(model, state_dict, path)
+    try:
+        load_state_dict_strict(model, state_dict, path)
+    except CheckpointError as error:
+        hint = gpt_version_hint(state_dict, "2.0")
+        raise CheckpointError(f"{error}\n  ({hint})" if hint else str(error)) from None
     return model.eval()

@@ -6,6 +6,8 @@ The three networks IndexTTS-2 runs after the GPT:
 - `length_regulator`: stretches those features to the mel frame count (`LengthRegulator`);
 - `cfm`: the flow-matching decoder whose `.estimator` is the DiT (`CFM`, `DiT`).
 
+IndexTTS-2.5 has no `gpt_layer` (its s2mel takes no GPT latents): `with_gpt_layer=False`.
+
 `s2mel.pth` is `{'net': {'cfm': sd, 'length_regulator': sd, 'gpt_layer': sd}}` with weight-normed
 layers stored as `weight_g`/`weight_v`. The official loader skips tensors whose shape differs and
 loads with strict=False; `load_s2mel` refuses any missing, unexpected or mis-shaped tensor instead.
@@ -41,7 +43,7 @@ PARTS = ("cfm", "length_regulator", "gpt_layer")
 
 
 class S2Mel(nn.Module):
-    def __init__(self, gpt_layer: nn.Sequential, length_regulator: LengthRegulator, cfm: CFM) -> None:
+    def __init__(self, gpt_layer: nn.Sequential | None, length_regulator: LengthRegulator, cfm: CFM) -> None:
         super().__init__()
         self.gpt_layer = gpt_layer
         self.length_regulator = length_regulator
@@ -52,11 +54,13 @@ def build_s2mel(
     s2mel_config: dict[str, Any],
     gpt_latent_dim: int = GPT_LATENT_DIM,
     gpt_layer_widths: tuple[int, int] = GPT_LAYER_WIDTHS,
+    with_gpt_layer: bool = True,
 ) -> S2Mel:
-    """Random-weight S2Mel from the `s2mel` section of config.yaml, in eval mode."""
+    """Random-weight S2Mel from the `s2mel` section of config.yaml, in eval mode (without gpt_layer for
+    IndexTTS-2.5)."""
     length_regulator = build_length_regulator(s2mel_config["length_regulator"])
     widths = [gpt_latent_dim, *gpt_layer_widths, s2mel_config["length_regulator"]["in_channels"]]
-    gpt_layer = nn.Sequential(*(nn.Linear(a, b) for a, b in itertools.pairwise(widths)))
+    gpt_layer = nn.Sequential(*(nn.Linear(a, b) for a, b in itertools.pairwise(widths))) if with_gpt_layer else None
     return S2Mel(gpt_layer, length_regulator, CFM(build_dit(s2mel_config))).eval()
 
 
@@ -79,10 +83,11 @@ def weight_normed_keys(model: S2Mel) -> list[str]:
     return keys
 
 
-def load_s2mel(s2mel_config: dict[str, Any], path: str | Path) -> S2Mel:
+def load_s2mel(s2mel_config: dict[str, Any], path: str | Path, with_gpt_layer: bool = True) -> S2Mel:
     """Build S2Mel from config.yaml's `s2mel` section and load the official s2mel.pth strictly.
 
     The gpt_layer widths, which config.yaml does not give, are read from the file's tensors.
+    `with_gpt_layer=False` (IndexTTS-2.5) refuses a file that has one, as any unexpected tensor.
     """
     checkpoint = torch_load(path)
     net = checkpoint.get("net") if isinstance(checkpoint, Mapping) else None
@@ -92,7 +97,9 @@ def load_s2mel(s2mel_config: dict[str, Any], path: str | Path) -> S2Mel:
         f"{part}.{key}": tensor for part, part_sd in net.items() for key, tensor in part_sd.items()
     }
     gpt_layer = net.get("gpt_layer", {})
-    if all(f"{i}.weight" in gpt_layer for i in range(3)):
+    if not with_gpt_layer:
+        model = build_s2mel(s2mel_config, with_gpt_layer=False)
+    elif all(f"{i}.weight" in gpt_layer for i in range(3)):
         model = build_s2mel(
             s2mel_config,
             gpt_latent_dim=gpt_layer["0.weight"].shape[1],
@@ -118,7 +125,15 @@ def load_s2mel(s2mel_config: dict[str, Any], path: str | Path) -> S2Mel:
         state_dict = fold_weight_norm(state_dict)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
-    load_state_dict_strict(model, state_dict, path)
+    try:
+        load_state_dict_strict(model, state_dict, path)
+    except CheckpointError as error:
+        has_gpt_layer = any(key.startswith("gpt_layer.") for key in state_dict)
+        if has_gpt_layer != with_gpt_layer:
+            hint = ("an IndexTTS-2.0 s2mel, not an IndexTTS-2.5 one: it has 'gpt_layer.0.weight'" if has_gpt_layer
+                    else "an IndexTTS-2.5 s2mel, not an IndexTTS-2.0 one: it has no 'gpt_layer.0.weight'")
+            raise CheckpointError(f"{error}\n  (this is {hint})") from None
+        raise
     return model.eval()
 
 
@@ -128,7 +143,9 @@ def s2mel_official_checkpoint(model: S2Mel) -> dict[str, dict[str, dict[str, tor
     state_dict = {key: tensor.detach().cpu().clone() for key, tensor in model.state_dict().items()}
     state_dict.update(computed_buffers(model))
     state_dict = unfold_weight_norm(state_dict, weight_normed_keys(model))
-    net: dict[str, dict[str, torch.Tensor]] = {part: {} for part in PARTS}
+    net: dict[str, dict[str, torch.Tensor]] = {
+        part: {} for part in PARTS if part != "gpt_layer" or model.gpt_layer is not None
+    }
     for key, tensor in state_dict.items():
         part, _, rest = key.partition(".")
         net[part][rest] = tensor

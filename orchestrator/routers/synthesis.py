@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form
 from fastapi.responses import Response
 
-from orchestrator.responses import ERROR_RESPONSES, audio_response
+from orchestrator.responses import ERROR_RESPONSES, audio_response, sse_audio_response
 from orchestrator.routers.deps import ReporterDep, ServiceDep
 from orchestrator.schemas import SpeechRequest, TtsForm
 
@@ -22,9 +22,9 @@ WAV_RESPONSE = {
 }
 SPEECH_RESPONSE = {
     200: {
-        "content": {"audio/wav": {}, "audio/pcm": {}},
-        "description": "Streamed (chunked) audio at 22.05 kHz, 16-bit mono: a WAV with a streaming header, or "
-                       "raw little-endian PCM.",
+        "content": {"audio/wav": {}, "audio/pcm": {}, "text/event-stream": {}},
+        "description": "Streamed audio at 22.05 kHz, 16-bit mono: a WAV with a streaming header, or raw "
+                       "little-endian PCM; with stream_format=sse, server-sent events carrying it in base64.",
     },
 }
 
@@ -41,4 +41,6 @@ async def tts(form: Annotated[TtsForm, Form(media_type="multipart/form-data")], 
              summary="OpenAI-compatible speech endpoint (registered voices)")
 async def speech(request: SpeechRequest, service: ServiceDep, reporter: ReporterDep) -> Response:
     stream = await service.speech(request, route="/v1/audio/speech")
+    if request.stream_format == "sse":
+        return sse_audio_response(stream, reporter, request.response_format)  # type: ignore[arg-type]
     return await audio_response(stream, reporter, request.response_format, streaming=True)  # type: ignore[arg-type]

@@ -6,6 +6,11 @@ queue into the requests' response senders and, on a clock, asks Triton which cli
 cancels their sequences, so their KV slots are free at the next engine step. A request refused
 before it reaches the engine (unparsable, overloaded) is answered by `execute` itself.
 
+Device: the GPU Triton gave the instance (`instance_group [{ kind: KIND_GPU, gpus: [0, 1] }]`: one
+engine per GPU), see `indextts2.engine.device.instance_device`. Out of memory, a step's requests fail
+with an error that starts with "out of memory" (the orchestrator answers 503), reported with the GPU,
+its memory and the batch size; the engine serves on (see `DecoderEngine._decode_step`).
+
 Weights come from `1/weights/` (written by `python -m export`): config.yaml and gpt.pth.
 """
 
@@ -35,6 +40,7 @@ from indextts2.engine import (
     StopReason,
 )
 from indextts2.engine.cpu_threads import set_torch_threads
+from indextts2.engine.device import OUT_OF_MEMORY, out_of_memory_tags, use_instance_device
 from indextts2.engine.telemetry import ModelTelemetry
 
 logger = logging.getLogger(__name__)
@@ -74,9 +80,8 @@ class TritonPythonModel:
         set_torch_threads(config)
         if not pb_utils.using_decoupled_model_transaction_policy(config):
             raise ValueError("gpt_decoder must be decoupled (model_transaction_policy { decoupled: true })")
-        device = _parameter(config, "device", "auto")
-        if device == "auto":
-            device = "cuda" if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available() else "cpu"
+        device = use_instance_device(args, _parameter(config, "device", "auto"))
+        self.device = device
         weights = Path(args["model_repository"]) / args["model_version"] / "weights"
         self._events: queue.Queue[DecodeEvent | None] = queue.Queue()  # None: the sender thread stops
         self.engine = DecoderEngine.from_checkpoint_dir(
@@ -87,6 +92,8 @@ class TritonPythonModel:
             use_cuda_graphs=_parameter(config, "use_cuda_graphs", "false").lower() == "true",
             events=self._events,
         )
+        # Test hook, never in a served config: the next N decode attempts fail as out of memory.
+        self.engine.out_of_memory_injection.arm(int(_parameter(config, "inject_oom_steps", "0")))
         self.telemetry = ModelTelemetry(args["model_name"], args["model_version"], device)
         self.default_max_codes = min(defaults.MAX_CODES, self.engine.model.max_mel_tokens - 1)
         # Held while a request is submitted and registered, so its first event never finds it missing.
@@ -184,7 +191,10 @@ class TritonPythonModel:
             if event.finished and event.stop_reason in (StopReason.ERROR, StopReason.DEADLINE):
                 message = event.error or "decoding failed"
                 if event.stop_reason == StopReason.ERROR:  # a passed deadline is not a model failure
-                    self.telemetry.report(RuntimeError(message), entry.headers, self._metadata())
+                    tags = None
+                    if message.startswith(OUT_OF_MEMORY):
+                        tags = out_of_memory_tags(self.device, event.failed_batch_size or 1)
+                    self.telemetry.report(RuntimeError(message), entry.headers, self._metadata(), tags)
                 self._send_error(entry.sender, message)
                 return
             tensors = [

@@ -22,7 +22,20 @@ import triton_python_backend_utils as pb_utils
 from indextts2 import defaults
 from indextts2.config import load_config
 from indextts2.engine.cpu_threads import set_torch_threads
-from indextts2.engine.s2mel_batch import S2MelBatcher, S2MelRequest, padding_waste, plan_s2mel_batches
+from indextts2.engine.device import (
+    free_cached_memory,
+    is_out_of_memory,
+    out_of_memory_message,
+    out_of_memory_tags,
+    use_instance_device,
+)
+from indextts2.engine.s2mel_batch import (
+    S2MelBatcher,
+    S2MelRequest,
+    padding_waste,
+    plan_s2mel_batches,
+    s2mel_autocast_dtype,
+)
 from indextts2.engine.telemetry import ModelTelemetry
 from indextts2.networks.s2mel import load_s2mel
 from indextts2.networks.semantic_codec import load_semantic_codec
@@ -66,18 +79,23 @@ class TritonPythonModel:
         set_torch_threads(config)
         weights = Path(args["model_repository"]) / args["model_version"] / "weights"
         model_config = load_config(weights / "config.yaml")
-        device = _parameter(config, "device", "auto")
-        if device == "auto":
-            device = "cuda" if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available() else "cpu"
+        # The GPU Triton gave this instance (one instance per GPU of its instance_group), or the CPU.
+        self.device = device = use_instance_device(args, _parameter(config, "device", "auto"))
+        self.estimator = _parameter(config, "estimator", "torch")
+        if self.estimator not in ("torch", "triton"):
+            raise ValueError(f"s2mel: parameter estimator must be 'torch' or 'triton', not {self.estimator!r}")
+        autocast_dtype = s2mel_autocast_dtype(_parameter(config, "precision", "float32"), device)
+        if autocast_dtype is not None and self.estimator == "triton":
+            raise ValueError("s2mel: parameter precision is for the in-process DiT (estimator torch); the served "
+                             "s2mel_estimator takes float32 tensors and has its own precision")
         s2mel = load_s2mel(model_config["s2mel"], weights / model_config["s2mel_checkpoint"]).to(device)
         codec = load_semantic_codec(
             model_config["semantic_codec"], weights / "hf_cache" / "semantic_codec_model.safetensors"
         ).to(device)
-        self.batcher = S2MelBatcher(s2mel, codec, device)
+        self.batcher = S2MelBatcher(s2mel, codec, device, autocast_dtype)
+        # Test hook, never in a served config: the next N batch runs fail as out of memory.
+        self.batcher.out_of_memory_injection.arm(int(_parameter(config, "inject_oom_steps", "0")))
         self.telemetry = ModelTelemetry(args["model_name"], args["model_version"], device)
-        self.estimator = _parameter(config, "estimator", "torch")
-        if self.estimator not in ("torch", "triton"):
-            raise ValueError(f"s2mel: parameter estimator must be 'torch' or 'triton', not {self.estimator!r}")
         # The batch limits are per device kind: see config.pbtxt for the measurements behind them.
         budget_key = "frame_budget_gpu" if torch.device(device).type == "cuda" else "frame_budget_cpu"
         self.frame_budget = int(_parameter(config, budget_key, "0"))
@@ -146,13 +164,21 @@ class TritonPythonModel:
         try:
             mels = self.batcher.run([call.item for call in batch], velocity_fn=velocity_fn,
                                     rows_gone=lambda: [call.gone() is not None for call in batch])
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - the batch's requests fail; the model serves on
+            # Out of memory: an error the orchestrator answers with 503, reported with the GPU and batch.
+            out_of_memory = is_out_of_memory(error)
+            message = out_of_memory_message(len(batch), self.device, error) if out_of_memory else str(error)
+            tags = out_of_memory_tags(self.device, len(batch)) if out_of_memory else None
             for call in batch:
                 self.telemetry.report(error, call.headers, {
                     "batch_size": len(batch), "codes": int(call.item.codes.shape[0]),
                     "duration_ratio": call.item.duration_ratio, "diffusion_steps": call.item.diffusion_steps,
-                })
-                self._send_error(call.sender, f"s2mel: {error}")
+                }, tags)
+                self._send_error(call.sender, f"s2mel: {message}")
+            mels = None
+        if mels is None:
+            if out_of_memory:  # here, where the traceback no longer holds the failed batch's tensors
+                free_cached_memory(self.device)
             return
         for call, mel in zip(batch, mels):
             if mel is None:  # it left the batch between steps, its caller gone (for good)
@@ -200,6 +226,7 @@ class TritonPythonModel:
             return cast(DEFAULTS[name]) if value is None else cast(value.reshape(-1)[0])
 
         seed = array("seed")
+        code_offset = array("code_offset")
         deadline_ms = array("deadline_unix_ms")
         deadline_s = None if deadline_ms is None else int(deadline_ms.reshape(-1)[0]) / 1000.0
         return S2MelRequest(
@@ -212,6 +239,7 @@ class TritonPythonModel:
             diffusion_steps=scalar("diffusion_steps", int),
             cfg_rate=scalar("cfg_rate", float),
             seed=None if seed is None else int(seed.reshape(-1)[0]),
+            code_offset=0 if code_offset is None else int(code_offset.reshape(-1)[0]),
         ), deadline_s
 
     def _served_velocity(self, x, prompt_x, x_lens, t, style, mu) -> torch.Tensor:

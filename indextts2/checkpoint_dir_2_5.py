@@ -1,0 +1,114 @@
+"""An official IndexTTS-2.5 checkpoint directory, loaded into our networks.
+
+The directory holds `config.yaml`, `gpt.pth`, `s2mel.pth`, `codec.pth` (the EnhancedCodec, a name the
+official code hard-codes), `multilingual_zh_ja_yue_char_del.tiktoken` (likewise), `wav2vec2bert_stats.pt`,
+`feat1.pt`, `feat2.pt`; the external parts (w2v-BERT 2.0, CAMPPlus, BigVGAN) are the 2.0 ones, found
+where `CheckpointPaths` says. Every file is loaded strictly: a 2.0 file in a 2.5 directory is refused
+with a message naming the file and the keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from indextts2.checkpoint import CheckpointError
+from indextts2.checkpoint_dir import VERSION_2_5, CheckpointPaths
+from indextts2.config import load_config
+from indextts2.emotion import EmotionBank, load_emotion_bank
+from indextts2.networks.bigvgan import BigVGAN, load_bigvgan
+from indextts2.networks.campplus import CAMPPlus, load_campplus
+from indextts2.networks.codec_2_5 import EnhancedCodec, load_codec_2_5
+from indextts2.networks.gpt_2_5 import UnifiedVoice25, load_gpt_2_5
+from indextts2.networks.s2mel import S2Mel, load_s2mel
+from indextts2.networks.semantic_encoder import SemanticEncoder, load_semantic_encoder
+
+
+@dataclass
+class IndexTTS25Networks:
+    """Every network of the 2.5 pipeline, in eval mode on the CPU, float32."""
+
+    config: dict[str, Any]
+    semantic_encoder: SemanticEncoder | None  # None where the checkpoint has no w2v-BERT weights
+    codec: EnhancedCodec
+    campplus: CAMPPlus
+    gpt: UnifiedVoice25
+    s2mel: S2Mel  # without gpt_layer
+    bigvgan: BigVGAN
+    emotion_bank: EmotionBank
+    text_frontend: Any | None  # indextts2.frontend.text_2_5.TextFrontend25; None where not loaded
+    version: str = VERSION_2_5
+
+    def dims(self) -> dict[str, int]:
+        """The widths that connect the stages, read from the loaded networks."""
+        return {
+            "w2v_feature_dim": 160,
+            "semantic_dim": int(self.config["semantic_codec"]["hidden_size"]),
+            "gpt_dim": int(self.gpt.model_dim),
+            "mel_bands": int(self.config["s2mel"]["DiT"]["in_channels"]),
+            "style_dim": int(self.config["s2mel"]["style_encoder"]["dim"]),
+            "condition_dim": int(self.config["s2mel"]["length_regulator"]["channels"]),
+        }
+
+
+def load_networks_2_5(
+    paths: CheckpointPaths,
+    with_semantic_encoder: bool = True,
+    with_text_frontend: bool = True,
+    text_normalization: bool = True,
+) -> IndexTTS25Networks:
+    """Load every 2.5 network strictly; any missing, unexpected or mis-shaped tensor is a CheckpointError.
+
+    `with_semantic_encoder=False` / `with_text_frontend=False` skip the w2v-BERT weights / the tiktoken
+    tokenizer (the golden set has no w2v-BERT weights). `text_normalization=False` builds the text
+    front-end without the WeTextProcessing normaliser (the official `text_normalization=False`).
+    """
+    if paths.version != VERSION_2_5:
+        raise CheckpointError(
+            f"{paths.model_dir} is an IndexTTS-{paths.version} checkpoint directory, not an IndexTTS-2.5 one"
+        )
+    config = load_config(paths.config_path)
+    semantic_dim = int(config["semantic_codec"]["hidden_size"])
+    semantic_encoder = None
+    if with_semantic_encoder:
+        semantic_encoder = load_semantic_encoder(paths.w2v_bert_dir, paths.model_file(config, "w2v_stat"))
+        encoder_dim = int(semantic_encoder.mean.shape[0])
+        if encoder_dim != semantic_dim:
+            raise CheckpointError(
+                f"{paths.w2v_bert_dir}: w2v-BERT width {encoder_dim} differs from "
+                f"semantic_codec.hidden_size {semantic_dim} in {paths.config_path}"
+            )
+    s2mel_path = paths.model_file(config, "s2mel_checkpoint")
+    s2mel = load_s2mel(config["s2mel"], s2mel_path, with_gpt_layer=False)
+    # 2.5 feeds the length regulator both the codec's output and the raw w2v-BERT features.
+    lr_width = int(s2mel.length_regulator.content_in_proj.in_features)
+    if lr_width != semantic_dim:
+        raise CheckpointError(
+            f"{s2mel_path}: the length regulator takes {lr_width}-d features, the codec and w2v-BERT give "
+            f"{semantic_dim} (semantic_codec.hidden_size in {paths.config_path})"
+        )
+    text_frontend = None
+    if with_text_frontend:
+        from indextts2.frontend.text_2_5 import TextFrontend25
+
+        normalizer = None
+        if text_normalization:
+            from indextts2.frontend.normalizer import load_normalizer
+
+            normalizer = load_normalizer().normalize
+        text_frontend = TextFrontend25(
+            paths.tiktoken_2_5, max_text_tokens=int(config["gpt"]["max_text_tokens"]), normalizer=normalizer
+        )
+    return IndexTTS25Networks(
+        config=config,
+        semantic_encoder=semantic_encoder,
+        codec=load_codec_2_5(config["semantic_codec"], paths.codec_2_5),
+        campplus=load_campplus(paths.campplus),
+        gpt=load_gpt_2_5(config["gpt"], paths.model_file(config, "gpt_checkpoint"), feature_dim=semantic_dim),
+        s2mel=s2mel,
+        bigvgan=load_bigvgan(paths.bigvgan_dir),
+        emotion_bank=load_emotion_bank(
+            paths.model_file(config, "spk_matrix"), paths.model_file(config, "emo_matrix"), config["emo_num"]
+        ),
+        text_frontend=text_frontend,
+    )

@@ -1,0 +1,251 @@
+"""The whole IndexTTS-2.5 inference in eager PyTorch, one request at a time, as `infer_v2_5` runs it.
+
+Stage by stage, what differs from the 2.0 `EagerPipeline`:
+- the GPT's speaker row is `spk_emb_proj(CAMPPlus style)` (no speaker perceiver), and the prefix's
+  text rows carry the language embedding;
+- the codes (25 Hz) go through `EnhancedCodec.decode` (N codes -> 2N frames at 50 Hz); there is no
+  gpt_layer and no GPT latent;
+- the s2mel prompt condition is the length-regulated *raw* normalised w2v-BERT features;
+- the mel length is `int(2N * 1.72 * duration_ratio)` (truncated, as the official code does);
+- without an emotion reference the speaker's audio is the emotion reference, read at 16 kHz directly
+  (as the official code re-reads the file), not the speaker's 22.05 kHz -> 16 kHz features.
+The GPT decodes at the official KV-cached mel positions by default: 2.5 uses no GPT latent, so nothing
+needs the trained positions, and the official ones reproduce the official codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from indextts2 import defaults, rules
+from indextts2.checkpoint_dir_2_5 import IndexTTS25Networks
+from indextts2.emotion import emotion_vector_from_weights, scale_emotion_weights
+from indextts2.frontend.audio import (
+    campplus_features,
+    emotion_waveform,
+    mel_spectrogram,
+    prompt_waveforms,
+    s2mel_mel_args,
+    seamless_m4t_features,
+)
+from indextts2.networks.gpt import SamplingConfig
+from indextts2.pipeline import OFFICIAL_SAMPLING, SynthesisResult
+from indextts2.rules import segment_silence
+
+
+def target_mel_frames_2_5(decoded_frames: int, duration_ratio: float = 1.0) -> int:
+    """Mel frames of a 2.5 segment: int(S_infer frames * 1.72 * duration_factor), truncated as the
+    official code computes it (S_infer has two frames per GPT code)."""
+    return max(1, int(decoded_frames * defaults.CODES_TO_MEL_FRAMES * duration_ratio))
+
+
+@dataclass
+class SpeakerPrompt25:
+    """Everything the 2.5 pipeline derives from the speaker reference audio (cacheable per voice)."""
+
+    semantic_features: torch.Tensor  # (1, T, D) normalised w2v-BERT layer 17 of the 22.05k->16k audio
+    prompt_condition: torch.Tensor  # (1, T_ref, C) length-regulated raw semantic features
+    ref_mel: torch.Tensor  # (1, 80, T_ref)
+    style: torch.Tensor  # (1, 192) CAMPPlus
+    speaker_latents: torch.Tensor  # (1, 1, d) spk_emb_proj(style): the GPT's speaker row
+
+
+class EagerPipeline25:
+    def __init__(self, networks: IndexTTS25Networks, device: str = "cpu"):
+        if networks.semantic_encoder is None:
+            raise ValueError("the eager pipeline needs the semantic encoder")
+        self.networks = networks
+        self.device = torch.device(device)
+        self.mel_args = s2mel_mel_args(networks.config["s2mel"])
+
+    def _semantic_features(self, wav_16k: np.ndarray) -> torch.Tensor:
+        features, mask = seamless_m4t_features(wav_16k)
+        features = torch.from_numpy(features)[None].to(self.device)
+        mask = torch.from_numpy(mask)[None].to(self.device)
+        return self.networks.semantic_encoder(features, mask)
+
+    @torch.inference_mode()
+    def speaker_prompt(self, samples: np.ndarray, sample_rate: int) -> SpeakerPrompt25:
+        nets = self.networks
+        wav_22k, wav_16k = prompt_waveforms(samples, sample_rate)
+        features = self._semantic_features(wav_16k)
+        ref_mel = torch.from_numpy(mel_spectrogram(wav_22k, **self.mel_args))[None].to(self.device)
+        prompt_condition, _ = nets.s2mel.length_regulator(
+            features, torch.tensor([ref_mel.shape[-1]], device=self.device)
+        )
+        style = nets.campplus(torch.from_numpy(campplus_features(wav_16k))[None].to(self.device))
+        return SpeakerPrompt25(
+            semantic_features=features,
+            prompt_condition=prompt_condition,
+            ref_mel=ref_mel,
+            style=style,
+            speaker_latents=nets.gpt.speaker_conditioning(style),
+        )
+
+    @torch.inference_mode()
+    def emotion_features(self, samples: np.ndarray, sample_rate: int) -> torch.Tensor:
+        """An emotion reference (or, without one, the speaker's audio) read at 16 kHz and cut to 15 s."""
+        return self._semantic_features(emotion_waveform(samples, sample_rate))
+
+    @torch.inference_mode()
+    def emotion_vector(
+        self,
+        speaker: SpeakerPrompt25,
+        emotion_features: torch.Tensor,
+        emo_alpha: float = 1.0,
+        emo_weights: list[float] | None = None,
+    ) -> torch.Tensor:
+        """The GPT's emotion vector (1, d), with infer_v2_5's rules (the 2.0 ones). `emotion_features`:
+        from the emotion audio, or from the speaker audio read as an emotion reference when there is no
+        emotion audio or an emotion vector is given (then alpha is 1)."""
+        gpt = self.networks.gpt
+        alpha = 1.0 if emo_weights is not None else emo_alpha
+        spk = speaker.semantic_features
+        emovec = gpt.merge_emovec(
+            spk,
+            emotion_features,
+            torch.tensor([spk.shape[1]], device=self.device),
+            torch.tensor([emotion_features.shape[1]], device=self.device),
+            alpha,
+        )
+        if emo_weights is not None:
+            weights = scale_emotion_weights(emo_weights, emo_alpha)
+            emovec, _ = emotion_vector_from_weights(self.networks.emotion_bank, weights, speaker.style, emovec)
+        return emovec
+
+    @torch.inference_mode()
+    def generate_codes(
+        self,
+        speaker: SpeakerPrompt25,
+        emovec: torch.Tensor,
+        text_ids: list[int] | torch.Tensor,
+        language: int | None,
+        sampling: SamplingConfig,
+        official_positions: bool = True,
+    ) -> torch.Tensor:
+        """The GPT's semantic codes of one segment (without the stop code). (n,) int64."""
+        gpt = self.networks.gpt
+        ids = torch.as_tensor(text_ids, dtype=torch.long, device=self.device)
+        longest = gpt.max_mel_tokens - 1
+        if sampling.max_codes is None or sampling.max_codes > longest:
+            sampling = SamplingConfig(**{**sampling.__dict__, "max_codes": longest})
+        output = gpt.generate(
+            speaker.speaker_latents, emovec, ids, sampling, official_positions=official_positions, language=language
+        )
+        return output.codes
+
+    @torch.inference_mode()
+    def codes_to_waveform(
+        self,
+        speaker: SpeakerPrompt25,
+        codes: torch.Tensor,
+        duration_ratio: float = 1.0,
+        diffusion_steps: int = defaults.DIFFUSION_STEPS,
+        cfg_rate: float = defaults.CFG_RATE,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """Codes (n,) -> (waveform float32, mel frames). `noise` (1, 80, prompt + mel frames): the
+        flow-matching start, for reproducing a recorded run; None draws it (from `generator`)."""
+        nets = self.networks
+        s2mel = nets.s2mel
+        content = nets.codec.decode(codes.reshape(1, -1).to(self.device))
+        mel_frames = target_mel_frames_2_5(content.shape[1], duration_ratio)
+        condition, _ = s2mel.length_regulator(content, torch.tensor([mel_frames], device=self.device))
+        full_condition = torch.cat([speaker.prompt_condition, condition], dim=1)
+        mel = s2mel.cfm.inference(
+            full_condition,
+            torch.tensor([full_condition.shape[1]], device=self.device),
+            speaker.ref_mel,
+            speaker.style,
+            diffusion_steps,
+            cfg_rate=cfg_rate,
+            generator=generator,
+            noise=noise,
+        )
+        mel = mel[:, :, speaker.ref_mel.shape[-1]:]
+        waveform = nets.bigvgan(mel)[0, 0]
+        return waveform.float().cpu().numpy(), mel_frames
+
+    @torch.inference_mode()
+    def synthesize_segment(
+        self,
+        speaker: SpeakerPrompt25,
+        emovec: torch.Tensor,
+        text_ids: list[int] | torch.Tensor,
+        language: int | None,
+        sampling: SamplingConfig,
+        duration_ratio: float = 1.0,
+        diffusion_steps: int = defaults.DIFFUSION_STEPS,
+        cfg_rate: float = defaults.CFG_RATE,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        official_positions: bool = True,
+    ) -> tuple[np.ndarray, torch.Tensor, int]:
+        """One text segment -> (waveform float32, codes, mel frames)."""
+        codes = self.generate_codes(speaker, emovec, text_ids, language, sampling, official_positions)
+        if codes.numel() == 0:
+            return np.zeros(0, dtype=np.float32), codes, 0
+        waveform, mel_frames = self.codes_to_waveform(
+            speaker, codes, duration_ratio, diffusion_steps, cfg_rate, generator, noise
+        )
+        return waveform, codes, mel_frames
+
+    def synthesize_segments(
+        self,
+        text: str,
+        speaker_samples: np.ndarray,
+        speaker_sample_rate: int,
+        language: str = "auto",
+        emotion_samples: np.ndarray | None = None,
+        emotion_sample_rate: int | None = None,
+        emo_alpha: float = 1.0,
+        emo_weights: list[float] | None = None,
+        duration_ratio: float = 1.0,
+        sampling: SamplingConfig = OFFICIAL_SAMPLING,
+        diffusion_steps: int = defaults.DIFFUSION_STEPS,
+        max_text_tokens_per_segment: int = defaults.MAX_TEXT_TOKENS_PER_SEGMENT,
+        seed: int | None = None,
+        cfg_rate: float = defaults.CFG_RATE,
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor, int]]:
+        """Text + reference audio, one segment at a time: yields (waveform, codes, mel frames)."""
+        frontend = self.networks.text_frontend
+        if frontend is None:
+            raise ValueError("the checkpoint was loaded without its text front-end")
+        speaker = self.speaker_prompt(speaker_samples, speaker_sample_rate)
+        if emo_weights is not None or emotion_samples is None:
+            emotion = self.emotion_features(speaker_samples, speaker_sample_rate)
+        else:
+            emotion = self.emotion_features(emotion_samples, emotion_sample_rate or speaker_sample_rate)
+        emovec = self.emotion_vector(speaker, emotion, emo_alpha, emo_weights)
+        prepared = frontend.prepare(text, language, max_text_tokens_per_segment)
+        for index, text_ids in enumerate(prepared.segments):
+            segment_sampling, generator = sampling, None
+            segment_seed = rules.segment_seed(seed, index)
+            if segment_seed is not None:
+                segment_sampling = SamplingConfig(**{**sampling.__dict__, "seed": segment_seed})
+                generator = torch.Generator(device="cpu").manual_seed(segment_seed)
+            yield self.synthesize_segment(
+                speaker, emovec, text_ids, prepared.language_id, segment_sampling, duration_ratio,
+                diffusion_steps, cfg_rate, generator=generator,
+            )
+
+    def synthesize(self, text: str, speaker_samples: np.ndarray, speaker_sample_rate: int,
+                   **options: Any) -> SynthesisResult:
+        """Text + reference audio -> 22.05 kHz waveform, segments joined with 200 ms of silence."""
+        result = SynthesisResult(waveform=np.zeros(0, dtype=np.float32))
+        pieces: list[np.ndarray] = []
+        for waveform, codes, frames in self.synthesize_segments(text, speaker_samples, speaker_sample_rate, **options):
+            if waveform.size:
+                if pieces:
+                    pieces.append(segment_silence())
+                pieces.append(waveform)
+            result.codes.append(codes)
+            result.mel_frames.append(frames)
+        result.waveform = np.concatenate(pieces) if pieces else result.waveform
+        return result

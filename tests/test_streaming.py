@@ -1,0 +1,216 @@
+"""Streaming against the real stack (local tritonserver on the demo repository, the service behind a real
+uvicorn server): one chunk is the non-streamed audio exactly; chunks arrive before the GPT has finished
+its segment; every stream format parses (streamed WAV, raw PCM, server-sent events); a client that
+leaves mid-stream frees its decoder slot; a failure after the first bytes is visible to the client and
+reported once."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import re
+import struct
+import time
+
+import httpx
+import numpy as np
+import pytest
+import sentry_sdk
+import soundfile
+from triton_models import model_reconfigured
+
+from orchestrator.app import create_app
+from orchestrator.settings import Settings
+from orchestrator.testing import make_test_client, served_over_http, speech_like_wav
+
+VOICE_AUDIO = speech_like_wav(6.0, seed=51)
+TEXT = "Hello there, this is streamed."
+# The most codes the demo GPT makes (249, exactly: min_codes = max_codes), few diffusion steps.
+LONG = {"text": TEXT, "voice": "streamer", "max_codes": "249", "min_codes": "249", "diffusion_steps": "3",
+        "seed": "5"}
+
+
+@pytest.fixture(scope="module")
+def settings(triton_server, bugsink_server, demo_checkpoint, tmp_path_factory):
+    return Settings(checkpoint_dir=demo_checkpoint.model_dir, triton_grpc_url=triton_server.grpc_url,
+                    voices_dir=tmp_path_factory.mktemp("voices"), device="cpu", speech_diffusion_steps=3,
+                    sentry_dsn=bugsink_server.dsn)
+
+
+@pytest.fixture(scope="module")
+def settings_with_voice(settings):
+    try:
+        with make_test_client(create_app(settings)) as client:
+            response = client.post("/v1/voices", data={"name": "streamer"},
+                                   files={"audio": ("v.wav", VOICE_AUDIO, "audio/wav")})
+            assert response.status_code == 201, response.text
+        yield settings
+    finally:
+        sentry_sdk.flush(timeout=5)
+        sentry_sdk.init()
+
+
+def _served(settings: Settings, **changes):
+    app = create_app(dataclasses.replace(settings, **changes))
+    return app, served_over_http(app)
+
+
+def _post_tts(url: str, **fields) -> httpx.Response:
+    return httpx.post(f"{url}/v1/tts", data={**LONG, **fields}, timeout=120)
+
+
+def _pcm(wav: bytes) -> np.ndarray:
+    samples, rate = soundfile.read(io.BytesIO(wav), dtype="int16")
+    assert rate == 22050
+    return samples
+
+
+def test_one_chunk_streams_exactly_the_non_streamed_audio(settings_with_voice):
+    """A chunk at least as long as the segment: the same s2mel and vocoder calls, the same samples. And by
+    segment (first segment as without streaming): the same samples too."""
+    _, served = _served(settings_with_voice, stream_chunk_codes="100000", stream_first_segment_tokens=0)
+    text = {"text": "Hello there. This is a test of streaming, in two sentences.", "max_codes": "60",
+            "min_codes": "0"}
+    with served as url:
+        whole = _post_tts(url, **text)
+        assert whole.status_code == 200, whole.text
+        for mode in ("chunk", "segment"):
+            streamed = _post_tts(url, **text, stream="true", stream_mode=mode)
+            assert streamed.status_code == 200, streamed.text
+            assert streamed.headers["transfer-encoding"] == "chunked" and "content-length" not in streamed.headers
+            assert struct.unpack("<I", streamed.content[40:44])[0] == 0xFFFFFFFF  # a streaming header
+            np.testing.assert_array_equal(_pcm(streamed.content), _pcm(whole.content), err_msg=mode)
+
+
+def test_chunks_arrive_before_the_gpt_has_finished_the_segment(settings_with_voice):
+    app, served = _served(settings_with_voice, stream_chunk_codes="20,40,80")
+    triton = app.state.service.triton
+    finished_at: list[float] = []
+    s2mel_codes: list[int] = []
+    decode_stream, infer = triton.decode_stream, triton.infer
+
+    async def observed_decode_stream(*args, **kwargs):  # the real call, its finish time noted
+        async for chunk in decode_stream(*args, **kwargs):
+            if chunk.finish_reason is not None:
+                finished_at.append(time.monotonic())
+            yield chunk
+
+    async def observed_infer(model, inputs, *args, **kwargs):
+        if model == "s2mel":
+            s2mel_codes.append(int(inputs["semantic_codes"].shape[1]))
+        return await infer(model, inputs, *args, **kwargs)
+
+    triton.decode_stream, triton.infer = observed_decode_stream, observed_infer
+    with served as url, httpx.stream("POST", f"{url}/v1/tts", data={**LONG, "stream": "true"}, timeout=120) as response:
+        assert response.status_code == 200
+        stream, first_audio_at = b"", None
+        for data in response.iter_raw():
+            stream += data
+            if first_audio_at is None and len(stream) > 44:  # past the WAV header
+                first_audio_at = time.monotonic()
+    assert len(finished_at) == 1
+    assert first_audio_at is not None and first_audio_at < finished_at[0], "the first audio waited for the segment"
+    assert len(s2mel_codes) >= 2 and s2mel_codes[0] < 249, s2mel_codes
+    # The chunks make one WAV as long as the 249 codes call for (s2mel frames x 256 samples).
+    assert _pcm(stream).shape[0] == round(249 * 1.72) * 256
+
+
+def test_every_stream_format_parses_and_carries_the_whole_audio(settings_with_voice):
+    request = {"input": TEXT, "voice": "streamer"}
+    with _served(settings_with_voice)[1] as url:
+        wav = httpx.post(f"{url}/v1/audio/speech", json={**request, "response_format": "wav"}, timeout=120)
+        pcm = httpx.post(f"{url}/v1/audio/speech", json={**request, "response_format": "pcm"}, timeout=120)
+        for response in (wav, pcm):
+            assert response.status_code == 200, response.text
+        assert wav.headers["content-type"] == "audio/wav" and pcm.headers["content-type"] == "audio/pcm"
+        assert _pcm(wav.content).shape[0] == (len(wav.content) - 44) // 2 > 0
+        assert len(pcm.content) % 2 == 0 and len(pcm.content) > 0
+
+        for response_format in ("wav", "pcm"):
+            sse = httpx.post(f"{url}/v1/audio/speech", timeout=120,
+                             json={**request, "response_format": response_format, "stream_format": "sse"})
+            assert sse.status_code == 200, sse.text
+            assert sse.headers["content-type"].startswith("text/event-stream")
+            events = _sse_events(sse.text)
+            assert [event["type"] for event in events[-1:]] == ["speech.audio.done"]
+            deltas = [event for event in events[:-1]]
+            assert deltas and all(event["type"] == "speech.audio.delta" for event in deltas)
+            audio = b"".join(base64.b64decode(event["audio"], validate=True) for event in deltas)
+            if response_format == "wav":
+                assert audio[:4] == b"RIFF" and _pcm(audio).shape[0] == (len(audio) - 44) // 2 > 0
+            else:
+                assert len(audio) % 2 == 0 and len(audio) > 0
+            usage = events[-1]["usage"]
+            assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+            assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+
+def _sse_events(body: str) -> list[dict]:
+    blocks = [block for block in body.split("\n\n") if block.strip()]
+    assert all(block.startswith("data: ") for block in blocks), blocks[:3]
+    return [json.loads(block.removeprefix("data: ")) for block in blocks]
+
+
+def _gauge(metrics: str, name: str, labels: str = "") -> float:
+    match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", metrics, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_decoder_slot(settings_with_voice):
+    # Many diffusion steps: the stream is slow, so the GPT is still decoding when the client leaves.
+    with _served(settings_with_voice, stream_chunk_codes="20")[1] as url:
+        with httpx.stream("POST", f"{url}/v1/tts", data={**LONG, "stream": "true", "diffusion_steps": "60"},
+                          timeout=120) as response:
+            assert response.status_code == 200
+            got = 0
+            for data in response.iter_raw():
+                got += len(data)
+                if got > 44:  # header and the first audio
+                    break
+        deadline = time.monotonic() + 5
+        while True:
+            metrics = httpx.get(f"{url}/metrics").text
+            in_flight = [_gauge(metrics, "tts_requests_in_flight"),
+                         _gauge(metrics, "tts_stage_in_flight", '{model="gpt_decoder"}'),
+                         _gauge(metrics, "tts_stage_in_flight", '{model="s2mel"}')]
+            if in_flight == [0.0, 0.0, 0.0]:
+                break
+            assert time.monotonic() < deadline, f"still in flight after the client left: {in_flight}"
+            time.sleep(0.1)
+        # The next request is served at once: the abandoned one left no work behind it.
+        response = _post_tts(url, max_codes="20", min_codes="0")
+        assert response.status_code == 200
+
+
+def test_a_failure_after_the_first_audio_ends_the_stream_visibly_and_is_reported_once(
+        settings_with_voice, triton_server, bugsink_server):
+    """s2mel reloaded without its code_offset input: the first chunk renders, the second is refused. (Chunks
+    of 1 code at least: the speech route has no min_codes, and the demo GPT may stop early.)"""
+    def without_code_offset(config: dict) -> None:
+        config["input"] = [tensor for tensor in config["input"] if tensor["name"] != "code_offset"]
+
+    with model_reconfigured(triton_server, "s2mel", without_code_offset), \
+            _served(settings_with_voice, stream_chunk_codes="1")[1] as url:
+        with httpx.stream("POST", f"{url}/v1/tts", data={**LONG, "stream": "true"}, timeout=120) as response:
+            assert response.status_code == 200
+            request_ids = [response.headers["x-request-id"]]
+            received = b""
+            with pytest.raises(httpx.RemoteProtocolError):  # cut without the final chunk
+                for data in response.iter_raw():
+                    received += data
+            assert len(received) > 44  # the first chunk came through
+        sse = httpx.post(f"{url}/v1/audio/speech", timeout=120, json={
+            "input": TEXT, "voice": "streamer", "response_format": "pcm", "stream_format": "sse"})
+        assert sse.status_code == 200
+        request_ids.append(sse.headers["x-request-id"])
+        events = _sse_events(sse.text)
+        assert events[0]["type"] == "speech.audio.delta"
+        assert events[-1]["type"] == "error" and "speech.audio.done" not in [event["type"] for event in events]
+        assert events[-1]["error"]["stage"] == "s2mel" and events[-1]["error"]["request_id"] == request_ids[1]
+    sentry_sdk.flush(timeout=5)
+    for request_id in request_ids:
+        stored = bugsink_server.events(wait_for=1, timeout_s=20, tags={"request_id": request_id})
+        errors = [event for event in stored if event["level"] == "error"]
+        assert len(errors) == 1 and errors[0]["tags"]["stage"] == "s2mel", errors
