@@ -3,11 +3,15 @@ still finish it within its deadline. Asked before the request body is read, so a
 
 The estimate is processor sharing, measured. Every synthesis in flight shares the machine, so a request
 that lives while n others run gets 1/n of it. Summing dt / n over a request's life gives the machine
-time it really needed (its *work*), whatever the load was; the mean work `s` of recent successful
-requests says what one more costs. With n requests in flight, one more finishes after about (n + 1) * s:
-refused when that is over its time budget, with Retry-After the time the queue needs to drain to where
-it would fit. Until a few requests have been measured only the hard cap on requests in flight applies.
-Batching in the models makes concurrent work cheaper; `s` measured under load includes that gain.
+time it really needed (its *work*), whatever the load was. Work grows with the text's segments (each is
+a GPT decode, an s2mel pass and a vocoder pass), so the unit is the segment: the mean work per segment
+`s` of recent successful requests says what more text costs. With S segments in flight, a request of k
+segments finishes after about (S + k) * s: refused when that is over its share of the time budget, with
+Retry-After the time the queue needs to drain to where it would fit. At the door, before the body is
+read, a request counts as one segment; once its text is segmented (`resize`) it counts as its segments
+and is checked again, still before any audio is decoded or Triton is called. Until a few requests have
+been measured only the hard cap on requests in flight applies. Batching in the models makes concurrent
+work cheaper; `s` measured under load includes that gain.
 """
 
 from __future__ import annotations
@@ -37,15 +41,17 @@ class Refusal:
 
 @dataclass
 class Ticket:
-    """One admitted request: where it started on the shared-work clock."""
+    """One admitted request: where it started on the shared-work clock, and its size."""
 
     started_work_clock: float
+    segments: int = 1  # text segments: 1 until the text is read (`Admission.resize`)
 
 
 class Admission:
     def __init__(self, max_in_flight: int) -> None:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.in_flight_segments = 0
         self._work_clock = 0.0  # integral of dt / max(n, 1): machine time one request gets
         self._clock_at = time.monotonic()
         self._recent_work: deque[float] = deque(maxlen=WORK_WINDOW)
@@ -55,40 +61,58 @@ class Admission:
         self._clock_at = now
 
     @property
-    def work_per_request_s(self) -> float | None:
-        """Mean machine time of a recent successful request, None until MIN_MEASURED are known."""
+    def work_per_segment_s(self) -> float | None:
+        """Mean machine time per text segment of recent successful requests, None until MIN_MEASURED are known."""
         if len(self._recent_work) < MIN_MEASURED:
             return None
         return sum(self._recent_work) / len(self._recent_work)
 
-    def expected_finish_s(self) -> float | None:
-        """Seconds until one more request admitted now would finish (None while unmeasured)."""
-        work = self.work_per_request_s
-        return None if work is None else (self.in_flight + 1) * work
+    def expected_finish_s(self, segments: int = 1) -> float | None:
+        """Seconds until a request of `segments` admitted now would finish (None while unmeasured)."""
+        work = self.work_per_segment_s
+        return None if work is None else (self.in_flight_segments + segments) * work
+
+    def _refusal(self, queued_segments: int, budget_s: float) -> Refusal | None:
+        """A refusal when `queued_segments` (in flight, the request's own included) will not be done
+        within the budget's share, else None."""
+        work = self.work_per_segment_s
+        if work is None:
+            return None
+        expected = queued_segments * work
+        if expected <= BUDGET_SHARE * budget_s:
+            return None
+        # Each segment that finishes frees `work` seconds: wait until the queue fits the budget.
+        retry_after = max(1, math.ceil(expected - BUDGET_SHARE * budget_s))
+        return Refusal("deadline", retry_after,
+                       f"the service is overloaded: {self.in_flight} requests in flight, about {expected:.0f} s "
+                       f"of work until this one is done, over its {budget_s:.0f} s budget")
 
     def admit(self, budget_s: float, now: float | None = None) -> Ticket | Refusal:
         now = time.monotonic() if now is None else now
-        work = self.work_per_request_s
         if self.in_flight >= self.max_in_flight:
-            wait = work if work is not None else 1.0
-            return Refusal("in_flight_limit", max(1, math.ceil(wait)),
+            work = self.work_per_segment_s
+            return Refusal("in_flight_limit", max(1, math.ceil(work if work is not None else 1.0)),
                            f"the service is at its limit of {self.max_in_flight} requests in flight")
-        if work is not None:
-            expected = (self.in_flight + 1) * work
-            if expected > BUDGET_SHARE * budget_s:
-                # Each request that finishes frees `work` seconds: wait until the queue fits the budget.
-                retry_after = max(1, math.ceil(expected - BUDGET_SHARE * budget_s))
-                return Refusal("deadline", retry_after,
-                               f"the service is overloaded: {self.in_flight} requests in flight, about "
-                               f"{expected:.0f} s of work for a new one, over its {budget_s:.0f} s budget")
+        refusal = self._refusal(self.in_flight_segments + 1, budget_s)
+        if refusal is not None:
+            return refusal
         self._advance(now)
         self.in_flight += 1
+        self.in_flight_segments += 1
         return Ticket(self._work_clock)
 
+    def resize(self, ticket: Ticket, segments: int, budget_left_s: float) -> Refusal | None:
+        """The admitted request's text makes `segments` segments: count them, and refuse it (the caller
+        answers 503, then releases the ticket) if the queue, it included, no longer fits its budget."""
+        self.in_flight_segments += segments - ticket.segments
+        ticket.segments = segments
+        return self._refusal(self.in_flight_segments, budget_left_s)
+
     def release(self, ticket: Ticket, succeeded: bool, now: float | None = None) -> None:
-        """The request ended; a successful one adds its work to the estimate."""
+        """The request ended; a successful one adds its work per segment to the estimate."""
         now = time.monotonic() if now is None else now
         self._advance(now)
         self.in_flight -= 1
+        self.in_flight_segments -= ticket.segments
         if succeeded:
-            self._recent_work.append(self._work_clock - ticket.started_work_clock)
+            self._recent_work.append((self._work_clock - ticket.started_work_clock) / ticket.segments)

@@ -107,7 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     release = settings.sentry_release or release_name(model_versions)
     sentry_enabled = init_sentry(settings, release)
     reporter = Reporter(settings, metrics, settings.device or served_on or "unknown")
-    service = TtsService(settings, assets, triton, reporter, metrics)
+    admission = Admission(settings.max_in_flight_requests)
+    service = TtsService(settings, assets, triton, reporter, metrics, admission)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -130,7 +131,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         setattr(error, REPORTED, True)  # the ASGI integration must not capture it a second time
         return error_response(bug, reporter, settings.overload_retry_after_s)
 
-    admission = Admission(settings.max_in_flight_requests)
     app.state.admission = admission
 
     def request_start(context: RequestContext) -> JSONResponse | None:

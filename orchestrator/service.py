@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from fastapi import UploadFile
 
+from orchestrator.admission import Admission
 from orchestrator.assets import ModelAssets
 from orchestrator.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
+    ServiceOverloadedError,
     UnsupportedFormatError,
     VoiceExistsError,
 )
@@ -28,7 +30,7 @@ from orchestrator.pipeline import (
     Usage,
     gather_all,
 )
-from orchestrator.reporting import Reporter
+from orchestrator.reporting import Reporter, current_request
 from orchestrator.schemas import SPEECH_FORMATS, SpeechRequest, TtsForm, VoiceForm, VoiceResponse
 from orchestrator.settings import Settings
 from orchestrator.triton_client import Readiness, TritonStages
@@ -77,8 +79,9 @@ class AudioStream:
 class TtsService:
     def __init__(
         self, settings: Settings, assets: ModelAssets, triton: TritonStages, reporter: Reporter,
-        metrics: ServiceMetrics,
+        metrics: ServiceMetrics, admission: Admission | None = None,
     ) -> None:
+        self.admission = admission
         self.settings = settings
         self.assets = assets
         self.triton = triton
@@ -97,6 +100,7 @@ class TtsService:
                                   diffusion_steps=form.diffusion_steps, stream=form.stream,
                                   stream_mode=("chunk" if chunked else "segment") if form.stream else None)
         segments = await pipeline.segment_text(form.text, self._first_segment_tokens(form.stream, chunked))
+        self._admit_segments(len(segments))
         options = self._options(form)
         speaker_audio = await self._reference(form.speaker_audio, form.voice, "speaker_audio", "voice")
         emotion_audio = await self._reference(
@@ -123,8 +127,20 @@ class TtsService:
         pipeline.describe_request(text_chars=len(request.input), duration_ratio=options.duration_ratio, stream=True,
                                   stream_mode="chunk" if chunked else "segment", stream_format=request.stream_format)
         segments = await pipeline.segment_text(request.input, self._first_segment_tokens(True, chunked))
+        self._admit_segments(len(segments))
         speaker_audio = await self._reference(None, request.voice, "voice", "voice")
         return await self._synthesize(segments, speaker_audio, None, options, route, chunked)
+
+    def _admit_segments(self, segments: int) -> None:
+        """Admission's second look, now that the text's size is known and before any audio is decoded or
+        Triton is called: 503 if the work in flight and this request's segments do not fit its budget."""
+        context = current_request()
+        if self.admission is None or context is None or context.admission_ticket is None:
+            return
+        refusal = self.admission.resize(context.admission_ticket, segments, context.time_left_s() or 0.0)
+        if refusal is not None:
+            self.metrics.refused.labels(refusal.reason).inc()
+            raise ServiceOverloadedError(refusal.message, retry_after_s=refusal.retry_after_s)
 
     def _first_segment_tokens(self, streamed: bool, chunked: bool) -> int:
         """A short first segment for streams by segment (a chunked stream starts early anyway, and an extra

@@ -32,7 +32,7 @@ def test_work_is_the_machine_time_a_request_got_under_processor_sharing():
     admission.release(first, True, now=4.0)
     admission.release(second, True, now=4.0)
     _measure(admission, 2.0, MIN_MEASURED - 2, start=4.0)
-    assert admission.work_per_request_s == pytest.approx(2.0)
+    assert admission.work_per_segment_s == pytest.approx(2.0)
 
 
 def test_nothing_is_refused_before_the_work_is_measured_but_the_in_flight_cap():
@@ -56,11 +56,34 @@ def test_a_request_that_cannot_finish_within_its_budget_is_refused_with_the_time
     assert admission.in_flight == 10
 
 
+def test_work_is_counted_per_text_segment_and_checked_again_once_the_text_is_known():
+    admission = Admission(max_in_flight=100)
+    now = 0.0
+    for _ in range(MIN_MEASURED):  # requests of 3 segments, 6 s each: 2 s per segment
+        ticket = admission.admit(1e9, now=now)
+        assert admission.resize(ticket, 3, 1e9) is None
+        now += 6.0
+        admission.release(ticket, succeeded=True, now=now)
+    assert admission.work_per_segment_s == pytest.approx(2.0)
+    long_text = admission.admit(100, now=now)
+    assert admission.resize(long_text, 10, 100) is None  # 10 segments: 20 s of a 100 s budget
+    assert admission.expected_finish_s() == pytest.approx(22.0)  # one more segment waits behind those 10
+    # A one-segment request passes the door (11 segments, 22 s) but makes 20 segments once read: 30 x 2 s =
+    # 60 s, over BUDGET_SHARE of its 100 s.
+    ticket = admission.admit(100, now=now)
+    assert isinstance(ticket, Ticket)
+    refusal = admission.resize(ticket, 20, 100)
+    assert isinstance(refusal, Refusal) and refusal.reason == "deadline"
+    assert refusal.retry_after_s == math.ceil(60 - 100 * BUDGET_SHARE)
+    admission.release(ticket, succeeded=False, now=now)
+    assert admission.in_flight == 1 and admission.in_flight_segments == 10
+
+
 def test_failed_requests_do_not_teach_the_estimate():
     admission = Admission(max_in_flight=10)
     ticket = admission.admit(100, now=0.0)
     admission.release(ticket, succeeded=False, now=0.001)  # a 422 is fast and says nothing of the work
-    assert admission.work_per_request_s is None and admission.in_flight == 0
+    assert admission.work_per_segment_s is None and admission.in_flight == 0
 
 
 # --- the service ---
@@ -115,3 +138,27 @@ def test_a_bad_request_timeout_header_is_422_naming_it(app):
     status, _, body, reads = _call(app, "/v1/tts", [(b"x-request-timeout", b"soon")])
     assert status == 422 and reads == 0
     assert json.loads(body)["error"]["field"] == "X-Request-Timeout"
+
+
+def test_a_text_too_long_for_the_queue_is_503_once_segmented_before_its_audio_is_decoded(app, monkeypatch):
+    """Admitted at the door as one segment, refused once its text makes three (10 s of measured work per
+    segment against half of a 30 s budget), with Retry-After, before the upload is decoded."""
+    from benchmarks.loadgen import TEXTS
+    from orchestrator import pipeline
+    from orchestrator.testing import make_test_client, speech_like_wav
+
+    admission = app.state.admission
+    admission._recent_work.extend([10.0] * MIN_MEASURED)  # as if measured: 10 s per segment
+    decoded = []
+    monkeypatch.setattr(pipeline, "decode_audio", lambda data: decoded.append(data))  # must not be reached
+    with make_test_client(app) as client:
+        assert len(asyncio.run(app.state.service.pipeline.segment_text(TEXTS["long"]))) == 3
+        response = client.post("/v1/tts", data={"text": TEXTS["long"]},
+                               files={"speaker_audio": ("v.wav", speech_like_wav(3.0), "audio/wav")})
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["type"] == "overloaded" and int(response.headers["retry-after"]) >= 1
+        short = client.post("/v1/tts", data={"text": TEXTS["short"], "voice": "nobody"})
+        assert short.status_code == 404  # one segment fits: it goes on (to an unknown voice)
+    assert decoded == []
+    assert admission.in_flight == 0 and admission.in_flight_segments == 0
+    assert b'tts_requests_refused_total{reason="deadline"} 1.0' in app.state.metrics.render()
