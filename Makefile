@@ -44,10 +44,12 @@ text-normalizer: env
 test: env bugsink-env text-normalizer
 	$(PYTHON) -m pytest
 
-# The service on the demo preset: builds build/demo once (checkpoint + exported model repository), starts
+# The service on a demo preset: builds build/<preset> once (checkpoint + exported model repository), starts
 # the local tritonserver on it and serves the API on 127.0.0.1:8000 (HOST/PORT, SENTRY_DSN, ... apply).
+# PRESET=demo (IndexTTS-2.0, the default) or PRESET=demo-2.5 (IndexTTS-2.5).
+PRESET ?= demo
 serve: env bugsink-env text-normalizer
-	$(PYTHON) -m orchestrator.demo
+	$(PYTHON) -m orchestrator.demo --preset $(PRESET)
 
 # The served stack (tritonserver + orchestrator) against the eager one-request-at-a-time baseline, on the
 # demo and small presets at concurrency 1, 4, 16, 64 (~39 min on 2 CPU cores); results in benchmarks/results/.

@@ -1,7 +1,11 @@
 """`python -m export`: an IndexTTS-2 checkpoint directory (or `demo`) -> a Triton model repository.
 
     python -m export demo                                   # the embedded tiny preset
-    python -m export /path/to/IndexTTS-2 --w2v-bert DIR ... # an official checkpoint directory
+    python -m export demo-2.5 --output DIR                  # the tiny IndexTTS-2.5 preset
+    python -m export /path/to/IndexTTS-2 --w2v-bert DIR ... # an official checkpoint directory (2.0 or 2.5)
+
+The version (IndexTTS-2.0 or 2.5) is read from the checkpoint directory (`detect_version`). A 2.5
+repository needs --output: the committed model_repository/ holds the 2.0 configs.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from export.repository import COMMITTED_REPOSITORY, export_repository
 from indextts2.checkpoint import CheckpointError
 from indextts2.checkpoint_dir import CheckpointPaths
 from indextts2.presets import write_demo_checkpoint
+from indextts2.presets_2_5 import write_demo_checkpoint_2_5
+
+DEMO_PRESETS = {"demo": write_demo_checkpoint, "demo-2.5": write_demo_checkpoint_2_5}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="an IndexTTS-2 checkpoint directory, or 'demo'")
+    parser.add_argument("checkpoint", help="an IndexTTS-2 or 2.5 checkpoint directory, or 'demo' / 'demo-2.5'")
     parser.add_argument("--output", type=Path, default=COMMITTED_REPOSITORY,
                         help=f"model repository to write (default: {COMMITTED_REPOSITORY})")
     parser.add_argument("--demo-dir", type=Path, default=None,
@@ -36,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="indextts2-demo-") as scratch:
         try:
-            if args.checkpoint == "demo":
-                paths = write_demo_checkpoint(args.demo_dir or Path(scratch) / "demo")
+            if args.checkpoint in DEMO_PRESETS:
+                paths = DEMO_PRESETS[args.checkpoint](args.demo_dir or Path(scratch) / "demo")
             else:
                 paths = CheckpointPaths.from_model_dir(
                     args.checkpoint, w2v_bert_dir=args.w2v_bert, semantic_codec=args.semantic_codec,
@@ -48,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"export failed: {error}", file=sys.stderr)
             return 1
     total = sum(stage.file_bytes for stage in result.stages)
-    print(f"wrote {result.repository} ({len(result.stages)} ONNX models, {total / 2**20:.1f} MiB)")
+    print(f"wrote {result.repository}: IndexTTS-{paths.version}, {len(result.stages)} ONNX models, "
+          f"{total / 2**20:.1f} MiB")
     return 0
 
 

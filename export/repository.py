@@ -4,6 +4,12 @@ The committed `model_repository/` holds every model's `config.pbtxt` and Python 
 what is generated from a checkpoint: `<model>/1/model.onnx` for the ONNX stages, each verified against
 PyTorch, and the checkpoint files the Python-backend models load (`<model>/1/weights/`). Writing into
 another folder copies the committed configs and code there first, so the result is self-contained.
+
+One layout serves both versions. The committed `config.pbtxt` files are IndexTTS-2.0's; where 2.5
+differs (gpt_decoder, s2mel, semantic_codec, speaker_conditioner), `<model>/config_2_5.pbtxt` is
+committed beside it and a 2.5 export writes it as that model's `config.pbtxt`. The model code is the
+same for both (the Python models read the version from their config's `indextts_version` parameter).
+A 2.5 repository therefore goes to another folder than the committed one (`--output`).
 """
 
 from __future__ import annotations
@@ -19,14 +25,17 @@ import torch
 from export.onnx_export import StageReport, export_stage
 from export.stages import build_onnx_stages
 from indextts2.checkpoint_dir import (
+    CODEC_2_5_FILE,
     DEFAULT_SEMANTIC_CODEC,
+    VERSION_2_5,
     CheckpointPaths,
-    load_networks,
+    load_any_networks,
 )
 
 COMMITTED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 ONNX_FILE = "model.onnx"
 WEIGHTS_DIR = "weights"
+CONFIG_2_5 = "config_2_5.pbtxt"  # a model's IndexTTS-2.5 config, written as config.pbtxt by a 2.5 export
 
 
 @dataclass
@@ -35,26 +44,37 @@ class ExportResult:
     stages: list[StageReport]
 
 
-def _copy_committed_repository(destination: Path) -> None:
-    """Copy configs and model code (not generated files) of the committed repository."""
+def _copy_committed_repository(destination: Path, version: str) -> None:
+    """Copy configs and model code (not generated files) of the committed repository; for IndexTTS-2.5,
+    each model's `config_2_5.pbtxt` (where it has one) becomes its `config.pbtxt`."""
     if destination.resolve() == COMMITTED_REPOSITORY.resolve():
+        if version == VERSION_2_5:
+            raise ValueError(
+                f"an IndexTTS-2.5 repository cannot be written into {COMMITTED_REPOSITORY} (its configs are "
+                "the IndexTTS-2.0 ones): give --output"
+            )
         return
     for source in COMMITTED_REPOSITORY.rglob("*"):
         relative = source.relative_to(COMMITTED_REPOSITORY)
         if source.is_dir() or "__pycache__" in relative.parts or WEIGHTS_DIR in relative.parts:
             continue
-        if source.suffix in (".onnx", ".data"):
+        if source.suffix in (".onnx", ".data") or source.name == CONFIG_2_5:
             continue
         target = destination / relative
         target.parent.mkdir(parents=True, exist_ok=True)
+        version_config = source.with_name(CONFIG_2_5)
+        if version == VERSION_2_5 and relative.name == "config.pbtxt" and version_config.is_file():
+            source = version_config
         shutil.copy2(source, target)
 
 
 def _copy_python_model_weights(paths: CheckpointPaths, config: dict, repository: Path) -> None:
     """The Python-backend models load our networks from the official files, so they get copies of
-    the files they need (config.yaml + checkpoints) in `<model>/1/weights/`, in the official layout."""
+    the files they need (config.yaml + checkpoints) in `<model>/1/weights/`, in the official layout
+    (IndexTTS-2.5's s2mel: its codec.pth instead of the MaskGCT codec)."""
     gpt_files = ["config.yaml", config["gpt_checkpoint"]]
-    s2mel_files = ["config.yaml", config["s2mel_checkpoint"], DEFAULT_SEMANTIC_CODEC]
+    codec = CODEC_2_5_FILE if paths.version == VERSION_2_5 else DEFAULT_SEMANTIC_CODEC
+    s2mel_files = ["config.yaml", config["s2mel_checkpoint"], codec]
     for model, files in (("gpt_decoder", gpt_files), ("s2mel", s2mel_files)):
         weights = repository / model / "1" / WEIGHTS_DIR
         if weights.exists():
@@ -74,7 +94,8 @@ def export_repository(
     only: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Export every ONNX stage of `paths` into `repository`, verified, plus the Python models' weights.
+    """Export every ONNX stage of `paths` (an IndexTTS-2.0 or 2.5 directory, by `paths.version`) into
+    `repository`, verified, plus the Python models' weights.
 
     `only` limits the ONNX stages exported (by Triton model name). Raises ExportVerificationError when a
     stage's ONNX output differs from PyTorch beyond its tolerance.
@@ -82,10 +103,12 @@ def export_repository(
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
-    _copy_committed_repository(repository)
+    _copy_committed_repository(repository, paths.version)
 
-    say(f"loading {paths.model_dir}")
-    networks = load_networks(paths)
+    say(f"loading {paths.model_dir} (IndexTTS-{paths.version})")
+    # 2.5's text front-end (tiktoken, the normaliser) is the orchestrator's, not a served model's.
+    options = {"with_text_frontend": False} if paths.version == VERSION_2_5 else {}
+    networks = load_any_networks(paths, **options)
     stages = build_onnx_stages(networks)
     if only:
         unknown = sorted(set(only) - {stage.name for stage in stages})

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from export.onnx_export import OnnxStage
-from indextts2.checkpoint_dir import IndexTTS2Networks
+from indextts2.checkpoint_dir import VERSION_2_5, IndexTTS2Networks
+from indextts2.checkpoint_dir_2_5 import IndexTTS25Networks
 
 # (batch, frames) of the traced inputs, then of the verification inputs: other sizes than the traced
 # ones, so that a shape frozen into the graph by tracing fails verification.
@@ -54,6 +55,28 @@ class CampplusStage(nn.Module):
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         return self.campplus(fbank)
+
+
+class CodecDecodeStage(nn.Module):
+    """IndexTTS-2.5's `semantic_codec`: 25 Hz GPT codes -> the codec's 50 Hz content (EnhancedCodec.decode)."""
+
+    def __init__(self, networks: IndexTTS25Networks):
+        super().__init__()
+        self.codec = networks.codec
+
+    def forward(self, semantic_codes: torch.Tensor) -> torch.Tensor:
+        return self.codec.decode(semantic_codes)
+
+
+class StyleConditionerStage(nn.Module):
+    """IndexTTS-2.5's `speaker_conditioner`: the GPT's speaker row from the CAMPPlus style (spk_emb_proj)."""
+
+    def __init__(self, networks: IndexTTS25Networks):
+        super().__init__()
+        self.gpt = networks.gpt
+
+    def forward(self, speaker_style: torch.Tensor) -> torch.Tensor:
+        return self.gpt.speaker_conditioning(speaker_style)
 
 
 class SpeakerConditionerStage(nn.Module):
@@ -123,9 +146,12 @@ def _batch_time(*names: str) -> dict[str, dict[int, str]]:
     return {name: {0: "batch", 1: "frames"} for name in names}
 
 
-def build_onnx_stages(networks: IndexTTS2Networks) -> list[OnnxStage]:
-    """Every ONNX model of the repository, in pipeline order."""
+def build_onnx_stages(networks: IndexTTS2Networks | IndexTTS25Networks) -> list[OnnxStage]:
+    """Every ONNX model of the repository, in pipeline order. The model names are the same for both
+    versions; for IndexTTS-2.5 `semantic_codec` is the codec's decode and `speaker_conditioner` is
+    spk_emb_proj of the CAMPPlus style (the configs in `<model>/config_2_5.pbtxt` say so)."""
     dims = networks.dims()
+    version_2_5 = getattr(networks, "version", None) == VERSION_2_5
     stages: list[OnnxStage] = []
 
     if networks.semantic_encoder is not None:
@@ -145,13 +171,23 @@ def build_onnx_stages(networks: IndexTTS2Networks) -> list[OnnxStage]:
         ))
 
     semantic_dim = dims["semantic_dim"]
-    trace, checks = _stage_inputs(lambda b, t, g: (torch.randn(b, t, semantic_dim, generator=g),))
-    stages.append(OnnxStage(
-        name="semantic_codec", module=SemanticCodecStage(networks),
-        input_names=["semantic_features"], output_names=["semantic_codes", "semantic_embedding"],
-        dynamic_axes=_batch_time("semantic_features", "semantic_codes", "semantic_embedding"),
-        trace_inputs=trace, check_inputs=checks, tolerance=1e-4,
-    ))
+    if version_2_5:
+        codebook = networks.codec.codebook_size
+        trace, checks = _stage_inputs(lambda b, t, g: (torch.randint(0, codebook, (b, t), generator=g),))
+        stages.append(OnnxStage(
+            name="semantic_codec", module=CodecDecodeStage(networks),
+            input_names=["semantic_codes"], output_names=["semantic_content"],
+            dynamic_axes={"semantic_codes": {0: "batch", 1: "codes"}, "semantic_content": {0: "batch", 1: "frames"}},
+            trace_inputs=trace, check_inputs=checks, tolerance=1e-4,
+        ))
+    else:
+        trace, checks = _stage_inputs(lambda b, t, g: (torch.randn(b, t, semantic_dim, generator=g),))
+        stages.append(OnnxStage(
+            name="semantic_codec", module=SemanticCodecStage(networks),
+            input_names=["semantic_features"], output_names=["semantic_codes", "semantic_embedding"],
+            dynamic_axes=_batch_time("semantic_features", "semantic_codes", "semantic_embedding"),
+            trace_inputs=trace, check_inputs=checks, tolerance=1e-4,
+        ))
 
     # CAMPPlus pools segments of 100 frames (after its stride-2 layer): check lengths across that.
     trace, checks = _stage_inputs(
@@ -167,10 +203,19 @@ def build_onnx_stages(networks: IndexTTS2Networks) -> list[OnnxStage]:
     def conditioner_inputs(b, t, g):
         return torch.randn(b, t, semantic_dim, generator=g), _lengths(b, t)
 
-    for name, wrapper, output in (
-        ("speaker_conditioner", SpeakerConditionerStage, "speaker_latents"),
-        ("emotion_conditioner", EmotionConditionerStage, "emotion_vector"),
-    ):
+    conditioners = [("speaker_conditioner", SpeakerConditionerStage, "speaker_latents"),
+                    ("emotion_conditioner", EmotionConditionerStage, "emotion_vector")]
+    if version_2_5:
+        style_width = int(networks.gpt.spk_emb_proj.in_features)
+        trace, checks = _stage_inputs(lambda b, t, g: (torch.randn(b, style_width, generator=g),))
+        stages.append(OnnxStage(
+            name="speaker_conditioner", module=StyleConditionerStage(networks),
+            input_names=["speaker_style"], output_names=["speaker_latents"],
+            dynamic_axes={"speaker_style": {0: "batch"}, "speaker_latents": {0: "batch"}},
+            trace_inputs=trace, check_inputs=checks, tolerance=1e-4, keep_fp32=True,
+        ))
+        conditioners = conditioners[1:]
+    for name, wrapper, output in conditioners:
         trace, checks = _stage_inputs(conditioner_inputs)
         stages.append(OnnxStage(
             name=name, module=wrapper(networks),

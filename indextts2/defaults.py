@@ -23,3 +23,6 @@ MEL_HOP_SAMPLES = 256  # waveform samples per mel frame (BigVGAN's upsampling)
 FEATURE_SAMPLE_RATE = 16000  # w2v-BERT features and the CAMPPlus fbank
 MAX_PROMPT_SECONDS = 15.0  # reference audio past this is cut
 CODES_TO_MEL_FRAMES = 1.72  # 50 codes/s -> 22050/256 = 86.13 mel frames/s
+
+# IndexTTS-2.5: the languages a request may name (the official web UI's choices; `auto` detects one).
+SERVED_LANGUAGES_2_5 = ("zh", "en", "ja", "es", "ar")

@@ -39,9 +39,8 @@ from indextts2.rules import segment_silence
 
 
 def target_mel_frames_2_5(decoded_frames: int, duration_ratio: float = 1.0) -> int:
-    """Mel frames of a 2.5 segment: int(S_infer frames * 1.72 * duration_factor), truncated as the
-    official code computes it (S_infer has two frames per GPT code)."""
-    return max(1, int(decoded_frames * defaults.CODES_TO_MEL_FRAMES * duration_ratio))
+    """Mel frames of a 2.5 segment from its decoded frames (2 per GPT code): `rules.target_mel_frames_2_5`."""
+    return rules.target_mel_frames_2_5(decoded_frames // rules.CODEC_2_5_FRAMES_PER_CODE, duration_ratio)
 
 
 @dataclass

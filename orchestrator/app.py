@@ -39,7 +39,7 @@ from orchestrator.routers import health, synthesis, voices
 from orchestrator.schemas import ErrorBody, ErrorResponse
 from orchestrator.service import TtsService
 from orchestrator.settings import Settings
-from orchestrator.triton_client import PIPELINE_MODELS, TritonStages
+from orchestrator.triton_client import TritonStages, pipeline_models
 
 logger = logging.getLogger("orchestrator")
 
@@ -56,12 +56,12 @@ _DURATION_FIELDS = ("duration_ratio", "speed")
 ADMITTED_PATHS = frozenset({"/v1/tts", "/v1/audio/speech"})
 
 
-def release_name(model_versions: dict[str, str]) -> str:
-    """indextts2-orchestrator@<version>+models.<v>.<v>... (the pipeline's models in order), or
-    +models.unknown when Triton did not answer at start-up."""
-    versions = [model_versions.get(name) for name in PIPELINE_MODELS]
+def release_name(model_versions: dict[str, str], indextts_version: str = "2.0") -> str:
+    """indextts2-orchestrator@<version>+indextts<2.0|2.5>.models.<v>.<v>... (the IndexTTS version loaded,
+    then the pipeline's models in order), or ...models.unknown when Triton did not answer at start-up."""
+    versions = [model_versions.get(name) for name in pipeline_models(indextts_version)]
     suffix = ".".join(versions) if all(versions) else "unknown"  # type: ignore[arg-type]
-    return f"indextts2-orchestrator@{__version__}+models.{suffix}"
+    return f"indextts2-orchestrator@{__version__}+indextts{indextts_version}.models.{suffix}"
 
 
 def validation_error(exc: RequestValidationError) -> InvalidRequestError:
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = ServiceMetrics()
     triton = TritonStages(settings.triton_grpc_url, metrics, settings.triton_timeout_s, settings.gpt_stream_timeout_s)
     model_versions, served_on = triton.probe()
-    release = settings.sentry_release or release_name(model_versions)
+    release = settings.sentry_release or release_name(model_versions, assets.version)
     sentry_enabled = init_sentry(settings, release)
     reporter = Reporter(settings, metrics, settings.device or served_on or "unknown")
     admission = Admission(settings.max_in_flight_requests)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from indextts2.defaults import MEL_HOP_SAMPLES
-from indextts2.rules import target_mel_frames
+from indextts2.rules import mel_frames_for_codes
 
 VOCODER_LEFT_FRAMES = 32  # frames of mel before a window's first new frame (~370 ms)
 VOCODER_HELD_FRAMES = 8  # frames at a window's end rendered again, with right context, by the next window
@@ -47,9 +47,10 @@ def parse_chunk_codes(value: str) -> tuple[int, ...]:
     return sizes
 
 
-def frames_at(codes: int, duration_ratio: float) -> int:
-    """Mel frames of a segment's first `codes` codes (0 for none)."""
-    return target_mel_frames(codes, duration_ratio) if codes else 0
+def frames_at(codes: int, duration_ratio: float, version: str = "2.0") -> int:
+    """Mel frames of a segment's first `codes` codes (0 for none), by the mel length rule of IndexTTS
+    `version`: the one s2mel applies (`indextts2.rules.mel_frames_for_codes`), so chunks add up."""
+    return mel_frames_for_codes(codes, duration_ratio, version)
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""`python -m orchestrator.demo` (what `make serve` runs): the whole stack on the embedded demo preset.
+"""`python -m orchestrator.demo` (what `make serve` runs): the whole stack on an embedded demo preset.
 
-1. writes the demo checkpoint to build/demo/checkpoint and exports its model repository to
-   build/demo/model_repository, unless the build there is from the same sources (a stamp of the
+`--preset demo` (IndexTTS-2.0, the default) or `--preset demo-2.5` (IndexTTS-2.5; `PRESET=demo-2.5 make
+serve`). For preset P:
+1. writes the demo checkpoint to build/P/checkpoint and exports its model repository to
+   build/P/model_repository, unless the build there is from the same sources (a stamp of the
    committed model repository, the exporter and the demo preset);
 2. starts the local tritonserver (nvidia-pytriton's binary) on that repository, on free ports;
 3. runs the service on HOST:PORT (127.0.0.1:8000 by default) against it until Ctrl-C.
@@ -32,6 +34,7 @@ import uvicorn
 
 from export.repository import COMMITTED_REPOSITORY, export_repository
 from indextts2.presets import write_demo_checkpoint
+from indextts2.presets_2_5 import write_demo_checkpoint_2_5
 from local_bugsink import BugsinkServer, BugsinkStartError
 from local_triton import LocalTritonServer, TritonStartError, TritonSupervisor
 from orchestrator.app import create_app
@@ -40,6 +43,8 @@ from orchestrator.testing import speech_like_wav
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAMP_SOURCES = [COMMITTED_REPOSITORY, REPO_ROOT / "export", REPO_ROOT / "indextts2"]
+# The demo presets: name -> the function that writes its checkpoint directory.
+PRESETS = {"demo": write_demo_checkpoint, "demo-2.5": write_demo_checkpoint_2_5}
 
 
 def source_stamp() -> str:
@@ -54,8 +59,8 @@ def source_stamp() -> str:
     return digest.hexdigest()
 
 
-def build_demo(build_dir: Path, fresh: bool = False) -> tuple[Path, Path]:
-    """(checkpoint_dir, model_repository) of the demo preset, built or reused."""
+def build_demo(build_dir: Path, fresh: bool = False, preset: str = "demo") -> tuple[Path, Path]:
+    """(checkpoint_dir, model_repository) of the demo preset `preset` (a key of PRESETS), built or reused."""
     checkpoint, repository, stamp_file = build_dir / "checkpoint", build_dir / "model_repository", build_dir / "stamp"
     stamp = source_stamp()
     if not fresh and stamp_file.is_file() and stamp_file.read_text() == stamp:
@@ -65,7 +70,7 @@ def build_demo(build_dir: Path, fresh: bool = False) -> tuple[Path, Path]:
     for folder in (checkpoint, repository):
         shutil.rmtree(folder, ignore_errors=True)
     print(f"writing the demo checkpoint and model repository to {build_dir} ...", flush=True)
-    paths = write_demo_checkpoint(checkpoint)
+    paths = PRESETS[preset](checkpoint)
     export_repository(paths, repository, progress=lambda line: print(f"  {line}", flush=True))
     stamp_file.write_text(stamp)
     return checkpoint, repository
@@ -85,9 +90,12 @@ def report_triton_death(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--build-dir", type=Path, default=REPO_ROOT / "build" / "demo")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
+                        help="demo (IndexTTS-2.0, default) or demo-2.5 (IndexTTS-2.5)")
+    parser.add_argument("--build-dir", type=Path, default=None, help="default: build/<preset>")
     parser.add_argument("--fresh", action="store_true", help="rebuild the demo checkpoint and repository")
     args = parser.parse_args(argv)
+    args.build_dir = args.build_dir or REPO_ROOT / "build" / args.preset
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    checkpoint, repository = build_demo(args.build_dir, args.fresh)
+    checkpoint, repository = build_demo(args.build_dir, args.fresh, args.preset)
     bugsink = None
     if not settings.sentry_dsn:
         # The embedded error tracker: a local Bugsink on loopback, kept in the build folder.

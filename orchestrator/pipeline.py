@@ -10,6 +10,12 @@ with its rules, each model call going to Triton instead of an in-process network
     per segment: gpt_decoder (streamed codes + latents) ─▶ s2mel (mel) ─▶ vocoder (waveform)
     segments joined with 200 ms of silence
 
+IndexTTS-2.5 (the checkpoint directory's version, `ModelAssets.version`) differs in four calls: the
+text front-end takes the request's `language`; the prompt condition is length_regulator on the raw
+semantic features (no semantic_codec); speaker_conditioner takes the CAMPPlus style (one speaker row,
+so it runs after campplus); gpt_decoder gets `language`, and s2mel gets no GPT latents and applies
+the 2.5 mel length rule, which the chunked stream shares (`indextts2.rules.mel_frames_for_codes`).
+
 Conditionings (everything derived from one reference audio) are cached in an LRU keyed by the sha256 of
 the uploaded bytes, so a voice used again skips every encoder. The emotion rules are infer_v2's (see
 `emotion_vector`). No model math happens here beyond that mixing.
@@ -44,7 +50,8 @@ from indextts2.frontend.audio import (
     seamless_m4t_features,
 )
 from indextts2.frontend.text import TextError
-from indextts2.rules import chunk_seed, segment_seed, segment_silence, target_mel_frames
+from indextts2.frontend.text_2_5 import TextError25, detect_language, lang_to_token
+from indextts2.rules import chunk_seed, mel_frames_for_codes, segment_seed, segment_silence
 from orchestrator.assets import ModelAssets
 from orchestrator.chunking import ChunkedVocoding, ChunkPlan, frames_at
 from orchestrator.errors import (
@@ -86,9 +93,9 @@ class SpeakerConditioning:
     no later stage reads them (the base emotion vector is computed here), and at 15 s of a real
     checkpoint they would be the largest item (750 x 1024 floats)."""
 
-    speaker_latents: np.ndarray  # (32, d) GPT conditioning
+    speaker_latents: np.ndarray  # (32, d) GPT conditioning; IndexTTS-2.5: (1, d), spk_emb_proj(style)
     base_emotion_vector: np.ndarray  # (d,) emotion_conditioner on the speaker's own audio
-    prompt_condition: np.ndarray  # (T_ref, C) length-regulated codec embedding of the prompt
+    prompt_condition: np.ndarray  # (T_ref, C) length-regulated codec embedding (2.5: raw features) of the prompt
     ref_mel: np.ndarray  # (80, T_ref) log mel of the (≤15 s) prompt
     style: np.ndarray  # (192,) CAMPPlus
     duration_s: float  # of the upload
@@ -120,6 +127,7 @@ class SynthesisOptions:
     seed: int | None = None
     diffusion_steps: int = defaults.DIFFUSION_STEPS
     cfg_rate: float = defaults.CFG_RATE
+    language: str | None = None  # IndexTTS-2.5: the text's language code (`SynthesisPipeline.language`)
 
 
 @dataclass
@@ -191,10 +199,31 @@ class SynthesisPipeline:
         finally:
             self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
 
-    async def segment_text(self, text: str, first_segment_tokens: int = 0) -> list[list[int]]:
+    @property
+    def version(self) -> str:
+        return self.assets.version
+
+    def mel_frames(self, codes: int, duration_ratio: float) -> int:
+        """Mel frames s2mel renders for `codes` codes: the loaded version's rule."""
+        return mel_frames_for_codes(codes, duration_ratio, self.version)
+
+    def language(self, text: str, requested: str | None) -> str | None:
+        """The language code the text is spoken in (IndexTTS-2.5: `requested`, or for 'auto'/None the
+        front-end's detection); None for an IndexTTS-2.0 model, which refuses any other than 'auto'."""
+        if not self.assets.is_2_5:
+            if requested not in (None, "auto"):
+                raise InvalidRequestError(
+                    f"language {requested!r}: this service runs IndexTTS-2.0, whose tokenizer has no languages; "
+                    "send 'auto' or leave it out", field="language", limit="auto (IndexTTS-2.0)",
+                )
+            return None
+        return detect_language(text) if requested in (None, "auto") else requested
+
+    async def segment_text(self, text: str, first_segment_tokens: int = 0, language: str | None = None) -> list[list[int]]:
         """Text -> token ids per segment, off the event loop (the official normaliser takes up to seconds
         on a long text). Errors name the field, never echo the text. first_segment_tokens: see
-        `split_pieces` (a short first segment for streaming)."""
+        `split_pieces` (a short first segment for streaming; IndexTTS-2.0 only). language: IndexTTS-2.5's
+        language code (`language`), whose tag starts every segment."""
         limit = self.settings.max_text_chars
         if not text or not text.strip():
             raise InvalidRequestError("text is empty", field="text", limit=f"1 to {limit} characters")
@@ -206,9 +235,14 @@ class SynthesisPipeline:
         # Segments must fit the GPT's text positions (max_text_tokens, start/stop tokens aside).
         max_tokens = min(self.settings.max_text_tokens_per_segment, self.assets.max_text_tokens)
         try:
-            segments = await self._in_process("text_frontend", self.assets.text_frontend.split_segments, text,
-                                              max_tokens, 0, first_segment_tokens)
-        except TextError:
+            if self.assets.is_2_5:
+                prepared = await self._in_process("text_frontend", self.assets.text_frontend.prepare, text,
+                                                  language or self.language(text, None), max_tokens)
+                segments = prepared.segments
+            else:
+                segments = await self._in_process("text_frontend", self.assets.text_frontend.split_segments, text,
+                                                  max_tokens, 0, first_segment_tokens)
+        except (TextError, TextError25):
             raise InvalidRequestError(
                 "text has nothing to speak after normalisation (only punctuation, symbols or spaces)",
                 field="text",
@@ -346,13 +380,38 @@ class SynthesisPipeline:
             )
             return regulated["mel_condition"][0]
 
+        async def raw_prompt_condition() -> np.ndarray:
+            # IndexTTS-2.5: the raw semantic features, length-regulated to the reference mel.
+            regulated = await self.triton.infer(
+                "length_regulator",
+                {"semantic_content": semantic, "content_lengths": lengths,
+                 "target_lengths": np.array([[ref_mel.shape[-1]]], dtype=np.int64)},
+                ["mel_condition"],
+            )
+            return regulated["mel_condition"][0]
+
+        async def style_and_latents_2_5() -> tuple[dict, dict]:
+            # IndexTTS-2.5: the GPT's speaker row is spk_emb_proj(CAMPPlus style).
+            style = await self.triton.infer("campplus", {"fbank": features["fbank"][None]}, ["speaker_style"])
+            latents = await self.triton.infer(
+                "speaker_conditioner", {"speaker_style": style["speaker_style"]}, ["speaker_latents"]
+            )
+            return style, latents
+
         conditioner_inputs = {"semantic_features": semantic, "feature_lengths": lengths}
-        condition, style, latents, base = await gather_all(
-            prompt_condition(),
-            self.triton.infer("campplus", {"fbank": features["fbank"][None]}, ["speaker_style"]),
-            self.triton.infer("speaker_conditioner", conditioner_inputs, ["speaker_latents"]),
-            self.triton.infer("emotion_conditioner", conditioner_inputs, ["emotion_vector"]),
-        )
+        if self.assets.is_2_5:
+            condition, (style, latents), base = await gather_all(
+                raw_prompt_condition(),
+                style_and_latents_2_5(),
+                self.triton.infer("emotion_conditioner", conditioner_inputs, ["emotion_vector"]),
+            )
+        else:
+            condition, style, latents, base = await gather_all(
+                prompt_condition(),
+                self.triton.infer("campplus", {"fbank": features["fbank"][None]}, ["speaker_style"]),
+                self.triton.infer("speaker_conditioner", conditioner_inputs, ["speaker_latents"]),
+                self.triton.infer("emotion_conditioner", conditioner_inputs, ["emotion_vector"]),
+            )
         conditioning = SpeakerConditioning(
             speaker_latents=latents["speaker_latents"][0],
             base_emotion_vector=base["emotion_vector"][0],
@@ -433,6 +492,8 @@ class SynthesisPipeline:
             inputs["min_codes"] = np.array([options.min_codes], dtype=np.int32)
         if seed is not None:
             inputs["seed"] = np.array([seed], dtype=np.int64)
+        if options.language is not None:
+            inputs["language"] = np.array([lang_to_token(options.language)], dtype=np.int64)
         return inputs
 
     def _check_decoded(self, codes: int, finish_reason: str, model_version: str, text_ids: list[int],
@@ -451,14 +512,15 @@ class SynthesisPipeline:
                 stage="gpt_decoder", model="gpt_decoder",
                 data={"segment": index, "codes": codes, "text_tokens": len(text_ids)},
             )
-        expected_codes = len(text_ids) * MIN_CODES_PER_TEXT_TOKEN
+        # IndexTTS-2.5's codes are 25 Hz: half as many per second of speech.
+        expected_codes = len(text_ids) * MIN_CODES_PER_TEXT_TOKEN / (2 if self.assets.is_2_5 else 1)
         if codes < expected_codes:
             self.reporter.warning(
                 "short_mel", "generated mel is shorter than the text and duration_ratio call for",
                 stage="s2mel", model="gpt_decoder",
                 data={"segment": index, "codes": codes, "text_tokens": len(text_ids),
-                      "mel_frames": target_mel_frames(codes, options.duration_ratio) if codes else 0,
-                      "min_expected_mel_frames": target_mel_frames(math.ceil(expected_codes), options.duration_ratio),
+                      "mel_frames": self.mel_frames(codes, options.duration_ratio),
+                      "min_expected_mel_frames": self.mel_frames(math.ceil(expected_codes), options.duration_ratio),
                       "duration_ratio": options.duration_ratio},
             )
 
@@ -466,10 +528,11 @@ class SynthesisPipeline:
         self, codes: np.ndarray, latents: np.ndarray, prompt_condition: np.ndarray, prompt_mel: np.ndarray,
         style: np.ndarray, options: SynthesisOptions, seed: int | None, code_offset: int = 0,
     ) -> np.ndarray:
-        """Mel (80, T) for `codes` (codes [code_offset, code_offset + n) of their segment)."""
+        """Mel (80, T) for `codes` (codes [code_offset, code_offset + n) of their segment). IndexTTS-2.5's
+        s2mel takes no GPT latents."""
         inputs = {
             "semantic_codes": codes[None],
-            "code_latents": latents[None],
+            **({} if self.assets.is_2_5 else {"code_latents": latents[None]}),
             "prompt_condition": prompt_condition[None].astype(np.float32),
             "ref_mel": prompt_mel[None].astype(np.float32),
             "speaker_style": style[None].astype(np.float32),
@@ -506,7 +569,7 @@ class SynthesisPipeline:
             return np.zeros(0, dtype=np.float32)
         mel = await self._s2mel(codes, decoded.latents, speaker.prompt_condition, speaker.ref_mel, speaker.style,
                                 options, seed)
-        wanted = target_mel_frames(int(codes.size), options.duration_ratio)
+        wanted = self.mel_frames(int(codes.size), options.duration_ratio)
         if mel.shape[-1] < wanted:
             self.reporter.warning(
                 "short_mel", "s2mel returned fewer mel frames than the codes and duration_ratio call for",
@@ -564,7 +627,7 @@ class SynthesisPipeline:
                     prompt_condition, prompt_mel, offset = speaker.prompt_condition, speaker.ref_mel, 0
                 else:
                     offset = plan.context_start(first)
-                    context = vocoding.mel[:, frames_at(offset, options.duration_ratio):]
+                    context = vocoding.mel[:, frames_at(offset, options.duration_ratio, self.version):]
                     prompt_condition = np.zeros((0, speaker.prompt_condition.shape[1]), dtype=np.float32)
                     prompt_mel = context
                 final = bool(finish) and end == decoded

@@ -20,6 +20,13 @@ EMOTIONS = ("happy", "angry", "sad", "afraid", "disgusted", "melancholic", "surp
 MIN_DURATION_RATIO, MAX_DURATION_RATIO = 0.75, 1.25
 SPEECH_FORMATS = ("wav", "pcm")
 StreamMode = Literal["chunk", "segment"]
+LANGUAGES = ("auto", *defaults.SERVED_LANGUAGES_2_5)
+Language = Literal[LANGUAGES]  # type: ignore[valid-type]
+LANGUAGE_DESCRIPTION = (
+    "IndexTTS-2.5: the language of the text (its language tag and embedding): 'auto' (default) detects it "
+    "(kana: ja, Han characters: zh, Arabic script: ar, Spanish letters or marks: es, otherwise en). "
+    "An IndexTTS-2.0 model takes only 'auto' or no value (422 otherwise): its tokenizer has no languages."
+)
 
 
 MAX_EMOTION_VECTOR_CHARS = 512  # 8 numbers with room for spaces and digits; also bounds JSON nesting
@@ -100,7 +107,9 @@ class TtsForm(BaseModel):
                              description="Strength of the emotion reference or of the emotion vector.")
     duration_ratio: float = Field(defaults.DURATION_RATIO, ge=MIN_DURATION_RATIO, le=MAX_DURATION_RATIO, allow_inf_nan=False,
                                   description="Scales the length of the speech: mel frames = codes x 1.72 x "
-                                              "ratio (0.75 faster ... 1.25 slower).")
+                                              "ratio (IndexTTS-2.5: int(2 x codes x 1.72 x ratio)); 0.75 "
+                                              "faster ... 1.25 slower.")
+    language: Language | None = Field(None, description=LANGUAGE_DESCRIPTION)
     do_sample: bool = Field(defaults.DO_SAMPLE, description="Sample the GPT's codes (false: greedy).")
     temperature: float = Field(defaults.TEMPERATURE, gt=0.0, le=2.0, allow_inf_nan=False, description="GPT sampling temperature.")
     top_k: int = Field(defaults.TOP_K, ge=0, le=1000, description="GPT top-k (0: off).")
@@ -108,8 +117,9 @@ class TtsForm(BaseModel):
     repetition_penalty: float = Field(defaults.REPETITION_PENALTY, ge=1.0, le=20.0, allow_inf_nan=False,
                                       description="GPT repetition penalty on codes already produced.")
     max_codes: int | None = Field(None, ge=1, le=10000,
-                                  description="Most codes per segment (50 per second of speech); default "
-                                              "min(1500, the GPT's limit), which also caps it.")
+                                  description="Most codes per segment (50 per second of speech; 25 for "
+                                              "IndexTTS-2.5); default min(1500, the GPT's limit), which also "
+                                              "caps it.")
     min_codes: int | None = Field(None, ge=0, le=10000,
                                   description="Fewest codes per segment: the GPT may not stop before this many "
                                               "(HF's min_new_tokens). At most max_codes; with min_codes = "
@@ -142,7 +152,8 @@ class SpeechRequest(BaseModel):
     """POST /v1/audio/speech (JSON), the OpenAI shape."""
 
     model: str = Field("indextts-2", max_length=64,
-                       description="Accepted for compatibility; the service always runs IndexTTS-2.")
+                       description="Accepted for compatibility; the service runs the IndexTTS model it was "
+                                   "deployed with (2.0 or 2.5: GET /readyz says which).")
     input: Text = Field(description="Text to speak, 1 to MAX_TEXT_CHARS characters.")
     voice: str = Field(description="A registered voice name (POST /v1/voices).")
     response_format: str = Field("wav", description="wav (22.05 kHz 16-bit mono, streamed) or pcm (raw 16-bit "
@@ -156,6 +167,7 @@ class SpeechRequest(BaseModel):
                              "whole file) and a final `speech.audio.done` with usage; a failure after the first "
                              "event is an `error` event.")
     stream_mode: StreamMode | None = Field(None, description="As on /v1/tts: 'chunk' or 'segment'.")
+    language: Language | None = Field(None, description=LANGUAGE_DESCRIPTION)
 
 
 class VoiceResponse(BaseModel):
@@ -178,6 +190,7 @@ class HealthResponse(BaseModel):
 
 class ReadinessResponse(BaseModel):
     ready: bool
+    indextts_version: str = Field(description="The IndexTTS version of the loaded model: '2.0' or '2.5'.")
     triton_live: bool
     models: dict[str, bool] = Field(description="Each model the pipeline calls, and whether Triton has it ready.")
     not_ready: list[str]

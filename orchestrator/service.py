@@ -33,7 +33,7 @@ from orchestrator.pipeline import (
 from orchestrator.reporting import Reporter, current_request
 from orchestrator.schemas import SPEECH_FORMATS, SpeechRequest, TtsForm, VoiceForm, VoiceResponse
 from orchestrator.settings import Settings
-from orchestrator.triton_client import Readiness, TritonStages
+from orchestrator.triton_client import Readiness, TritonStages, pipeline_models
 from orchestrator.voices import VoiceRecord, VoiceStore
 
 
@@ -99,9 +99,10 @@ class TtsService:
         pipeline.describe_request(text_chars=len(form.text), duration_ratio=form.duration_ratio,
                                   diffusion_steps=form.diffusion_steps, stream=form.stream,
                                   stream_mode=("chunk" if chunked else "segment") if form.stream else None)
-        segments = await pipeline.segment_text(form.text, self._first_segment_tokens(form.stream, chunked))
+        language = pipeline.language(form.text, form.language)
+        segments = await pipeline.segment_text(form.text, self._first_segment_tokens(form.stream, chunked), language)
         self._admit_segments(len(segments))
-        options = self._options(form)
+        options = self._options(form, language)
         speaker_audio = await self._reference(form.speaker_audio, form.voice, "speaker_audio", "voice")
         emotion_audio = await self._reference(
             form.emotion_audio, form.emotion_voice, "emotion_audio", "emotion_voice", required=False
@@ -121,12 +122,13 @@ class TtsService:
                 f"response_format {request.response_format!r} is not supported; use 'wav' or 'pcm'",
                 field="response_format", limit="wav | pcm",
             )
+        language = pipeline.language(request.input, request.language)
         options = SynthesisOptions(duration_ratio=1.0 / request.speed, max_codes=self.assets.default_max_codes,
-                                   diffusion_steps=self.settings.speech_diffusion_steps)
+                                   diffusion_steps=self.settings.speech_diffusion_steps, language=language)
         chunked = (request.stream_mode or self.settings.stream_mode) == "chunk"
         pipeline.describe_request(text_chars=len(request.input), duration_ratio=options.duration_ratio, stream=True,
                                   stream_mode="chunk" if chunked else "segment", stream_format=request.stream_format)
-        segments = await pipeline.segment_text(request.input, self._first_segment_tokens(True, chunked))
+        segments = await pipeline.segment_text(request.input, self._first_segment_tokens(True, chunked), language)
         self._admit_segments(len(segments))
         speaker_audio = await self._reference(None, request.voice, "voice", "voice")
         return await self._synthesize(segments, speaker_audio, None, options, route, chunked)
@@ -172,7 +174,7 @@ class TtsService:
         await stream.prefetch()
         return stream
 
-    def _options(self, form: TtsForm) -> SynthesisOptions:
+    def _options(self, form: TtsForm, language: str | None = None) -> SynthesisOptions:
         limit = self.assets.max_codes_limit
         if form.max_codes is not None and form.max_codes > limit:
             raise InvalidRequestError(f"max_codes must be at most {limit} for this model, got {form.max_codes}",
@@ -186,7 +188,7 @@ class TtsService:
             do_sample=form.do_sample, temperature=form.temperature, top_k=form.top_k, top_p=form.top_p,
             repetition_penalty=form.repetition_penalty, max_codes=form.max_codes, min_codes=form.min_codes or 0,
             seed=form.seed,
-            diffusion_steps=form.diffusion_steps, cfg_rate=form.cfg_rate,
+            diffusion_steps=form.diffusion_steps, cfg_rate=form.cfg_rate, language=language,
         )
 
     async def _read_upload(self, upload: UploadFile, field_name: str) -> bytes:
@@ -239,5 +241,5 @@ class TtsService:
     # --- health ------------------------------------------------------------------------------------
 
     async def readiness(self) -> Readiness:
-        return await self.triton.readiness()
+        return await self.triton.readiness(pipeline_models(self.assets.version))
 

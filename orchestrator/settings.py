@@ -82,7 +82,7 @@ class Settings:
     sentry_dsn: str = ""  # empty: Sentry off
     sentry_environment: str = "production"
     sentry_traces_sample_rate: float = 0.0
-    sentry_release: str = ""  # empty: "indextts2-orchestrator@<version>+models.<triton versions>"
+    sentry_release: str = ""  # empty: "indextts2-orchestrator@<version>+indextts<2.0|2.5>.models.<triton versions>"
     warning_events_per_minute: int = 30  # per warning kind and process; more are counted, not sent
     # What the events say about the hardware. device empty: "gpu" or "cpu" from the instance kind Triton
     # gives gpt_decoder at start-up. gpu_model / gpu_total_memory empty: from `nvidia-smi` where the

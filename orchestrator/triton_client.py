@@ -51,6 +51,14 @@ PIPELINE_MODELS = (
     "semantic_encoder", "semantic_codec", "length_regulator", "campplus", "speaker_conditioner",
     "emotion_conditioner", "gpt_decoder", "s2mel", "vocoder",
 )
+# IndexTTS-2.5: the prompt condition comes from the raw semantic features (no semantic_codec call: s2mel
+# decodes the codes itself), and speaker_conditioner takes the CAMPPlus style.
+PIPELINE_MODELS_2_5 = tuple(name for name in PIPELINE_MODELS if name != "semantic_codec")
+
+
+def pipeline_models(version: str) -> tuple[str, ...]:
+    """The models the service chains for IndexTTS `version` ("2.0" or "2.5")."""
+    return PIPELINE_MODELS_2_5 if version == "2.5" else PIPELINE_MODELS
 GPT_DECODER = "gpt_decoder"
 # The Python models take an optional `deadline_unix_ms` input: they drop a request whose caller's deadline
 # passed before spending compute on it (s2mel also between diffusion steps).

@@ -137,3 +137,40 @@ def bugsink_server():
     finally:
         server.stop()
 # ----- end of local Bugsink ------------------------------------------------------------------------------------------
+
+
+# ----- IndexTTS-2.5: the demo-2.5 preset, its exported repository and its own tritonserver ----------------------------
+@pytest.fixture(scope="session")
+def demo_checkpoint_2_5(tmp_path_factory):
+    """The demo-2.5 preset (tiny random IndexTTS-2.5 checkpoint), written once per test session."""
+    from indextts2.presets_2_5 import write_demo_checkpoint_2_5
+
+    return write_demo_checkpoint_2_5(tmp_path_factory.mktemp("demo_checkpoint_2_5"))
+
+
+@pytest.fixture(scope="session")
+def demo_repository_2_5(tmp_path_factory, demo_checkpoint_2_5):
+    """A complete IndexTTS-2.5 model repository exported from demo-2.5 (ONNX verified at export)."""
+    from export.repository import export_repository
+
+    repository = tmp_path_factory.mktemp("demo_repository_2_5")
+    return export_repository(demo_checkpoint_2_5, repository, progress=lambda line: None)
+
+
+@pytest.fixture(scope="session")
+def triton_server_2_5(request, demo_repository_2_5):
+    """A real local tritonserver of its own serving the demo-2.5 repository (every model in it)."""
+    pytest.importorskip("tritonclient.grpc")
+    from local_triton import LocalTritonServer
+
+    environment = {}
+    try:
+        environment["SENTRY_DSN"] = request.getfixturevalue("bugsink_server").dsn
+    except pytest.skip.Exception:
+        pass
+    server = LocalTritonServer(demo_repository_2_5.repository, environment=environment)
+    server.start(timeout_s=180)
+    try:
+        yield server
+    finally:
+        server.stop()

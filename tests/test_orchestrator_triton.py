@@ -78,7 +78,7 @@ def test_readyz_reports_every_model_of_the_pipeline(client):
     assert body["not_ready"] == []
     assert response.status_code == 200
     # The release names every model's version, as Triton reported them at start-up.
-    assert client.app.state.release.endswith("+models." + ".".join(["1"] * len(PIPELINE_MODELS)))
+    assert client.app.state.release.endswith("+indextts2.0.models." + ".".join(["1"] * len(PIPELINE_MODELS)))
 
 
 def test_readyz_names_an_unloaded_model(client, server):

@@ -172,15 +172,21 @@ class DecoderEngine:
         self.out_of_memory_injection = OutOfMemoryInjection()
 
     @classmethod
-    def from_checkpoint_dir(cls, model_dir: str | Path, **engine_options: Any) -> DecoderEngine:
+    def from_checkpoint_dir(
+        cls, model_dir: str | Path, version: str | None = None, **engine_options: Any
+    ) -> DecoderEngine:
         """Load `gpt.pth` of an official checkpoint directory (names from its config.yaml), an
-        IndexTTS-2.0 or 2.5 one (`detect_version`)."""
-        from indextts2.checkpoint_dir import VERSION_2_5, detect_version
+        IndexTTS-2.0 or 2.5 one: `version` ("2.0" / "2.5"), or None to read it from the directory
+        (`detect_version`)."""
+        from indextts2.checkpoint_dir import VERSION_2_0, VERSION_2_5, detect_version
 
         model_dir = Path(model_dir)
         config = load_config(model_dir / "config.yaml")
+        version = version or detect_version(model_dir)
+        if version not in (VERSION_2_0, VERSION_2_5):
+            raise ValueError(f"IndexTTS version {version!r} is not supported (2.0 and 2.5 are)")
         loader = load_gpt
-        if detect_version(model_dir) == VERSION_2_5:
+        if version == VERSION_2_5:
             from indextts2.networks.gpt_2_5 import load_gpt_2_5 as loader
         model = loader(
             config["gpt"],

@@ -9,6 +9,11 @@ is drawn per request from its own seed).
 Which requests share a batch is `plan_s2mel_batches`' decision (by cost, not by arrival): padding a
 short row to a long one is work thrown away, so a batch is only formed where it stays small.
 
+IndexTTS-2.5 (an s2mel without gpt_layer, with the EnhancedCodec): each request's codes go through
+the codec's decode on their own (N codes -> 2N frames; its convolutions would read a padded
+neighbour's codes), there are no GPT latents, and the mel length is the 2.5 rule
+(`indextts2.rules.mel_frames_for_codes`).
+
 Precision (`s2mel_autocast_dtype`): float32, or the networks under torch.autocast in float16 / bfloat16
 as the official infer_v2 runs s2mel with use_fp16 (the weights stay float32).
 """
@@ -24,10 +29,11 @@ import torch
 
 from indextts2 import defaults
 from indextts2.engine.device import OutOfMemoryInjection
+from indextts2.networks.codec_2_5 import EnhancedCodec
 from indextts2.networks.flow_matching import VelocityFn
 from indextts2.networks.s2mel import S2Mel
 from indextts2.networks.semantic_codec import RepCodec
-from indextts2.rules import target_mel_frames
+from indextts2.rules import mel_frames_for_codes
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +63,8 @@ def s2mel_autocast_dtype(precision: str, device: str | torch.device) -> torch.dt
 @dataclass
 class S2MelRequest:
     codes: torch.Tensor  # (n,) int64 GPT codes, without the stop code
-    latents: torch.Tensor  # (n, d) GPT final hidden state at each code's step
-    prompt_condition: torch.Tensor  # (T_ref, C) length-regulated codec embedding of the speaker prompt
+    latents: torch.Tensor | None  # (n, d) GPT final hidden state at each code's step; None for 2.5
+    prompt_condition: torch.Tensor  # (T_ref, C) length-regulated codec embedding (2.5: raw features) of the prompt
     ref_mel: torch.Tensor  # (80, T_ref) log mel of the speaker prompt
     style: torch.Tensor  # (192,) CAMPPlus style
     duration_ratio: float = 1.0
@@ -70,6 +76,7 @@ class S2MelRequest:
     # already rendered for the first codes of that window. Those frames are prompt (kept, not generated),
     # so the new frames continue them; their condition comes from this window's own codes.
     code_offset: int = 0
+    version: str = "2.0"  # the IndexTTS version, whose mel length rule applies
 
     @property
     def context_frames(self) -> int:
@@ -80,14 +87,17 @@ class S2MelRequest:
         """Condition frames of this window's codes: the segment's frame count at its end minus at its start,
         so that the windows of one segment add up to the whole segment's frames."""
         end = self.code_offset + int(self.codes.shape[0])
-        start = target_mel_frames(self.code_offset, self.duration_ratio) if self.code_offset else 0
-        return target_mel_frames(end, self.duration_ratio) - start
+        start = mel_frames_for_codes(self.code_offset, self.duration_ratio, self.version)
+        return mel_frames_for_codes(end, self.duration_ratio, self.version) - start
 
     def validate(self) -> None:
         n = self.codes.shape[0]
         if self.codes.dim() != 1 or n == 0:
             raise ValueError(f"semantic_codes must be a non-empty 1-D tensor, got shape {tuple(self.codes.shape)}")
-        if self.latents.dim() != 2 or self.latents.shape[0] != n:
+        if self.version == "2.5":
+            if self.latents is not None:
+                raise ValueError("IndexTTS-2.5's s2mel takes no code_latents")
+        elif self.latents is None or self.latents.dim() != 2 or self.latents.shape[0] != n:
             raise ValueError(f"code_latents must be ({n}, d) for {n} codes, got {tuple(self.latents.shape)}")
         if self.ref_mel.dim() != 2 or self.prompt_condition.dim() != 2:
             raise ValueError("ref_mel must be (80, T) and prompt_condition (T, C)")
@@ -158,11 +168,15 @@ class S2MelBatcher:
     in the weights' dtype."""
 
     def __init__(
-        self, s2mel: S2Mel, codec: RepCodec, device: str | torch.device = "cpu",
+        self, s2mel: S2Mel, codec: RepCodec | EnhancedCodec, device: str | torch.device = "cpu",
         autocast_dtype: torch.dtype | None = None,
     ):
         self.s2mel = s2mel
         self.codec = codec
+        # IndexTTS-2.5: no gpt_layer, and the codec decodes (EnhancedCodec) instead of embedding codes.
+        self.version = "2.5" if isinstance(codec, EnhancedCodec) else "2.0"
+        if (s2mel.gpt_layer is None) != (self.version == "2.5"):
+            raise ValueError("an IndexTTS-2.5 s2mel (no gpt_layer) goes with the 2.5 codec, a 2.0 one with RepCodec")
         self.device = torch.device(device)
         self.dtype = next(s2mel.parameters()).dtype
         self.autocast_dtype = autocast_dtype
@@ -189,6 +203,8 @@ class S2MelBatcher:
         and its result is None.
         """
         for request in requests:
+            if request.version != self.version:
+                raise ValueError(f"an IndexTTS-{request.version} request sent to an IndexTTS-{self.version} s2mel")
             request.validate()
         self.out_of_memory_injection.check(f"s2mel batch of {len(requests)}")
         results: list[torch.Tensor | None] = [None] * len(requests)
@@ -225,10 +241,15 @@ class S2MelBatcher:
         rows_gone: Callable[[], torch.Tensor] | None,
     ) -> list[torch.Tensor | None]:
         device, dtype = self.device, self.dtype
-        code_lens = torch.tensor([r.codes.shape[0] for r in requests], device=device)
-        codes = self._pad_stack([r.codes.to(device) for r in requests], 0)
-        latents = self._pad_stack([r.latents.to(device, dtype) for r in requests], 0)
-        content = self.codec.vq2emb(codes) + self.s2mel.gpt_layer(latents)
+        if self.version == "2.5":
+            decoded = [self.codec.decode(r.codes.to(device)[None])[0] for r in requests]
+            code_lens = torch.tensor([d.shape[0] for d in decoded], device=device)
+            content = self._pad_stack(decoded, 0)
+        else:
+            code_lens = torch.tensor([r.codes.shape[0] for r in requests], device=device)
+            codes = self._pad_stack([r.codes.to(device) for r in requests], 0)
+            latents = self._pad_stack([r.latents.to(device, dtype) for r in requests], 0)
+            content = self.codec.vq2emb(codes) + self.s2mel.gpt_layer(latents)
 
         targets = [r.target_frames for r in requests]
         target_lens = torch.tensor(targets, device=device)

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indextts2.defaults import SERVED_LANGUAGES_2_5
+
 __all__ = [
     "LANGUAGES",
     "LANGUAGE_DICT",
@@ -74,7 +76,7 @@ TTS_TOKENS = ("TTS/B", "TTS/O", "TTS/Q", "TTS/A", "TTS/CO", "TTS/CL", "TTS/H",
 PAT_STR = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 STOP_TEXT_TOKEN = 1  # infer appends it to each segment (the GPT drops it again)
 # Languages a request may name (the official web UI's choices); `auto` detects one of them.
-SERVED_LANGUAGES: tuple[str, ...] = ("zh", "en", "ja", "es", "ar")
+SERVED_LANGUAGES: tuple[str, ...] = SERVED_LANGUAGES_2_5
 MAX_TEXT_TOKENS_PER_SEGMENT = 120
 
 

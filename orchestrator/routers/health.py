@@ -22,7 +22,8 @@ async def healthz() -> HealthResponse:
             summary="Triton is live and every model of the pipeline is ready")
 async def readyz(service: ServiceDep) -> JSONResponse:
     readiness = await service.readiness()
-    body = ReadinessResponse(ready=readiness.live and not readiness.not_ready, triton_live=readiness.live,
+    body = ReadinessResponse(ready=readiness.live and not readiness.not_ready,
+                             indextts_version=service.assets.version, triton_live=readiness.live,
                              models=readiness.models, not_ready=readiness.not_ready)
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 

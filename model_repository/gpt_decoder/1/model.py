@@ -11,7 +11,9 @@ engine per GPU), see `indextts2.engine.device.instance_device`. Out of memory, a
 with an error that starts with "out of memory" (the orchestrator answers 503), reported with the GPU,
 its memory and the batch size; the engine serves on (see `DecoderEngine._decode_step`).
 
-Weights come from `1/weights/` (written by `python -m export`): config.yaml and gpt.pth.
+Weights come from `1/weights/` (written by `python -m export`): config.yaml and gpt.pth, an IndexTTS-2.0
+or 2.5 GPT as the parameter `indextts_version` says ("2.0" when absent). A 2.5 request may carry
+`language` (the lang_embedding row); a 2.0 model refuses it.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class TritonPythonModel:
         self._events: queue.Queue[DecodeEvent | None] = queue.Queue()  # None: the sender thread stops
         self.engine = DecoderEngine.from_checkpoint_dir(
             weights,
+            version=_parameter(config, "indextts_version", "2.0"),
             max_slots=int(_parameter(config, "max_slots", "16")),
             max_waiting=int(_parameter(config, "max_waiting", "64")),
             device=device,
@@ -145,6 +148,7 @@ class TritonPythonModel:
         seed = optional("seed")
         stream_every = optional("stream_every")
         deadline_unix_ms = optional("deadline_unix_ms")
+        language = optional("language")
         return DecodeRequest(
             speaker_latents=required("speaker_latents"),
             emotion_vector=required("emotion_vector"),
@@ -159,6 +163,7 @@ class TritonPythonModel:
             request_id=uuid.uuid4().hex,
             stream_every=16 if stream_every is None else max(1, int(stream_every)),
             deadline=None if deadline_unix_ms is None else int(deadline_unix_ms) / 1000.0,
+            language=None if language is None else int(language),
         )
 
     def _metadata(self) -> dict:

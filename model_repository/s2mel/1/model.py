@@ -4,7 +4,8 @@ The math is in `indextts2` (networks, `indextts2.engine.s2mel_batch`); this file
 tensors into requests, runs the batches `plan_s2mel_batches` forms from them (cheapest first, each
 answered as soon as it is done), skips the requests whose caller is gone, and turns mel back into
 responses. Weights come from `1/weights/` (written by `python -m export`): config.yaml, s2mel.pth and
-the semantic codec, in the official layout.
+the semantic codec, in the official layout; for IndexTTS-2.5 (parameter `indextts_version` "2.5") the
+s2mel without gpt_layer and codec.pth, and requests carry no `code_latents`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from indextts2.engine.s2mel_batch import (
     s2mel_autocast_dtype,
 )
 from indextts2.engine.telemetry import ModelTelemetry
+from indextts2.networks.codec_2_5 import CODEC_FILE as CODEC_2_5_FILE
+from indextts2.networks.codec_2_5 import load_codec_2_5
 from indextts2.networks.s2mel import load_s2mel
 from indextts2.networks.semantic_codec import load_semantic_codec
 
@@ -88,10 +91,18 @@ class TritonPythonModel:
         if autocast_dtype is not None and self.estimator == "triton":
             raise ValueError("s2mel: parameter precision is for the in-process DiT (estimator torch); the served "
                              "s2mel_estimator takes float32 tensors and has its own precision")
-        s2mel = load_s2mel(model_config["s2mel"], weights / model_config["s2mel_checkpoint"]).to(device)
-        codec = load_semantic_codec(
-            model_config["semantic_codec"], weights / "hf_cache" / "semantic_codec_model.safetensors"
-        ).to(device)
+        self.version = _parameter(config, "indextts_version", "2.0")
+        if self.version not in ("2.0", "2.5"):
+            raise ValueError(f"s2mel: parameter indextts_version must be '2.0' or '2.5', not {self.version!r}")
+        version_2_5 = self.version == "2.5"
+        s2mel = load_s2mel(model_config["s2mel"], weights / model_config["s2mel_checkpoint"],
+                           with_gpt_layer=not version_2_5).to(device)
+        if version_2_5:
+            codec = load_codec_2_5(model_config["semantic_codec"], weights / CODEC_2_5_FILE).to(device)
+        else:
+            codec = load_semantic_codec(
+                model_config["semantic_codec"], weights / "hf_cache" / "semantic_codec_model.safetensors"
+            ).to(device)
         self.batcher = S2MelBatcher(s2mel, codec, device, autocast_dtype)
         # Test hook, never in a served config: the next N batch runs fail as out of memory.
         self.batcher.out_of_memory_injection.arm(int(_parameter(config, "inject_oom_steps", "0")))
@@ -229,9 +240,15 @@ class TritonPythonModel:
         code_offset = array("code_offset")
         deadline_ms = array("deadline_unix_ms")
         deadline_s = None if deadline_ms is None else int(deadline_ms.reshape(-1)[0]) / 1000.0
+        semantic_codes = array("semantic_codes")
+        if semantic_codes is None:
+            raise ValueError("missing input 'semantic_codes'")
+        latents = array("code_latents")
+        if latents is None and self.version == "2.0":
+            raise ValueError("missing input 'code_latents'")
         return S2MelRequest(
-            codes=torch.from_numpy(array("semantic_codes").astype(np.int64)),
-            latents=torch.from_numpy(array("code_latents")),
+            codes=torch.from_numpy(semantic_codes.astype(np.int64)),
+            latents=None if latents is None else torch.from_numpy(latents),
             prompt_condition=torch.from_numpy(array("prompt_condition")),
             ref_mel=torch.from_numpy(array("ref_mel")),
             style=torch.from_numpy(array("speaker_style")),
@@ -240,6 +257,7 @@ class TritonPythonModel:
             cfg_rate=scalar("cfg_rate", float),
             seed=None if seed is None else int(seed.reshape(-1)[0]),
             code_offset=0 if code_offset is None else int(code_offset.reshape(-1)[0]),
+            version=self.version,
         ), deadline_s
 
     def _served_velocity(self, x, prompt_x, x_lens, t, style, mu) -> torch.Tensor:
