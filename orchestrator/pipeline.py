@@ -38,6 +38,7 @@ import sentry_sdk
 import torch
 
 from indextts2 import defaults
+from indextts2.defaults import MEL_HOP_SAMPLES
 from indextts2.emotion import emotion_vector_from_weights, scale_emotion_weights
 from indextts2.frontend.audio import (
     MAX_PROMPT_SECONDS,
@@ -594,8 +595,9 @@ class SynthesisPipeline:
         arrived = asyncio.Event()
         finish: list[tuple[str, str]] = []  # (finish_reason, model_version) once the stream ends
         inputs = self._gpt_inputs(speaker, emotion_vector, text_ids, options, seed)
-        inputs["stream_every"] = np.array([min(self.settings.chunk_codes[0], self.settings.gpt_stream_every)],
-                                          dtype=np.int32)
+        # Codes come as soon as chunk 0 can start, then as often: a chunk starts within one response of
+        # its minimum.
+        inputs["stream_every"] = np.array([self.settings.chunk_codes[0]], dtype=np.int32)
 
         async def read_codes() -> None:
             async for chunk in self.triton.decode_stream(inputs, self.assets.gpt_dim):
@@ -623,14 +625,18 @@ class SynthesisPipeline:
                     continue
                 first, end = span
                 all_codes, all_latents = np.concatenate(codes), np.concatenate(latents)
+                final = bool(finish) and end == decoded
                 if plan.chunks == 0:
-                    prompt_condition, prompt_mel, offset = speaker.prompt_condition, speaker.ref_mel, 0
+                    # A first chunk that is the whole segment renders exactly as without streaming. Otherwise
+                    # its speaker prompt is cut (STREAM_PROMPT_SECONDS): s2mel's cost grows with the prompt,
+                    # and this chunk is what the listener waits for.
+                    keep = speaker.ref_mel.shape[1] if final else self._stream_prompt_frames(speaker)
+                    prompt_condition, prompt_mel, offset = speaker.prompt_condition[:keep], speaker.ref_mel[:, :keep], 0
                 else:
                     offset = plan.context_start(first)
                     context = vocoding.mel[:, frames_at(offset, options.duration_ratio, self.version):]
                     prompt_condition = np.zeros((0, speaker.prompt_condition.shape[1]), dtype=np.float32)
                     prompt_mel = context
-                final = bool(finish) and end == decoded
                 mel = await self._s2mel(all_codes[offset:end], all_latents[offset:end], prompt_condition, prompt_mel,
                                         speaker.style, options, chunk_seed(seed, plan.chunks), offset)
                 plan.done(end)
@@ -651,6 +657,11 @@ class SynthesisPipeline:
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+    def _stream_prompt_frames(self, speaker: SpeakerConditioning) -> int:
+        seconds = self.settings.stream_prompt_seconds
+        frames = speaker.ref_mel.shape[1]
+        return frames if seconds <= 0 else min(frames, max(1, round(seconds * SAMPLE_RATE / MEL_HOP_SAMPLES)))
 
     async def synthesize(
         self, segments: list[list[int]], speaker: SpeakerConditioning, emotion_vector: np.ndarray,

@@ -73,6 +73,11 @@ class Settings:
     stream_chunk_codes: str = "20,40,80"
     # Codes before a chunk whose rendered mel is its s2mel prompt (continuity from one chunk to the next).
     stream_context_codes: int = 50
+    # The speaker prompt of a segment's first chunk is cut to its first this many seconds (0: not cut) when
+    # the segment takes more than one chunk: s2mel's cost grows with its prompt (3-15 s of reference, the
+    # largest part of its work), and the first chunk is what the listener waits for. A segment rendered in
+    # one chunk keeps the whole prompt, as without streaming.
+    stream_prompt_seconds: float = 3.0
     # In "segment" mode, the first segment ends at the first punctuation break once it holds this many
     # tokens, so the first audio comes from a short segment (e.g. 24). 0, the default: segmented as without
     # streaming, since an extra segment costs a pause and the GPT's context, and chunks start early anyway.
@@ -125,6 +130,8 @@ class Settings:
             problems.append(f"STREAM_CHUNK_CODES {error}")
         if self.stream_context_codes < 1:
             problems.append(f"STREAM_CONTEXT_CODES must be at least 1, got {self.stream_context_codes}")
+        if not (math.isfinite(self.stream_prompt_seconds) and self.stream_prompt_seconds >= 0):
+            problems.append(f"STREAM_PROMPT_SECONDS must be 0 or more, got {self.stream_prompt_seconds}")
         if self.stream_first_segment_tokens < 0:
             problems.append(f"STREAM_FIRST_SEGMENT_TOKENS must be at least 0, got {self.stream_first_segment_tokens}")
         if problems:

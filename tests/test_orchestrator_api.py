@@ -5,6 +5,7 @@ Sentry envelopes are captured in-process."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import subprocess
@@ -23,7 +24,7 @@ from orchestrator.app import create_app
 from orchestrator.errors import ModelError, ModelOutOfMemoryError, ModelOverloadedError
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.reporting import Reporter, scrub_event
-from orchestrator.responses import audio_response
+from orchestrator.responses import audio_response, sse_audio_response
 from orchestrator.service import AudioStream
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.testing import CapturingTransport, make_test_client, speech_like_wav
@@ -406,6 +407,36 @@ def test_a_failure_after_streaming_started_ends_the_transfer_and_sends_one_event
     assert len(response.content) == 44 + 200  # the header and the one finished piece, nothing after
     (event,) = transport.events
     assert event["tags"]["stage"] == "vocoder" and event["fingerprint"] == ["vocoder", "model_error"]
+
+
+def test_a_failure_after_sse_started_is_an_error_event_without_done_and_one_sentry_event(demo_checkpoint, tmp_path,
+                                                                                          transport):
+    settings = _settings(demo_checkpoint, tmp_path, transport)
+    create_app(settings)  # Sentry on, with the capturing transport
+    metrics = ServiceMetrics()
+    reporter = Reporter(settings, metrics, "cpu")
+
+    async def pieces():
+        yield np.full(100, 0.5, dtype=np.float32)
+        raise ModelError("s2mel failed: boom", stage="s2mel", model="s2mel", model_version="1")
+
+    app = FastAPI()
+
+    @app.get("/sse")
+    async def sse():
+        audio = AudioStream(pieces(), metrics, "/sse")
+        await audio.prefetch()
+        return sse_audio_response(audio, reporter, "pcm")
+
+    response = make_test_client(app, raise_server_exceptions=False).get("/sse")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    blocks = [block for block in response.text.split("\n\n") if block]
+    events = [json.loads(block.removeprefix("data: ")) for block in blocks]
+    assert [event["type"] for event in events] == ["speech.audio.delta", "error"]
+    assert base64.b64decode(events[0]["audio"]) == pcm16(np.full(100, 0.5, dtype=np.float32))
+    assert events[1]["error"]["type"] == "model_error" and events[1]["error"]["stage"] == "s2mel"
+    (event,) = transport.events
+    assert event["tags"]["stage"] == "s2mel" and event["fingerprint"] == ["s2mel", "model_error"]
 
 
 def test_a_bug_in_the_service_is_a_json_500_and_one_event(client, transport, monkeypatch):

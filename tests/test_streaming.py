@@ -89,6 +89,7 @@ def test_chunks_arrive_before_the_gpt_has_finished_the_segment(settings_with_voi
     triton = app.state.service.triton
     finished_at: list[float] = []
     s2mel_codes: list[int] = []
+    prompt_frames: list[tuple[int, int]] = []
     decode_stream, infer = triton.decode_stream, triton.infer
 
     async def observed_decode_stream(*args, **kwargs):  # the real call, its finish time noted
@@ -100,6 +101,7 @@ def test_chunks_arrive_before_the_gpt_has_finished_the_segment(settings_with_voi
     async def observed_infer(model, inputs, *args, **kwargs):
         if model == "s2mel":
             s2mel_codes.append(int(inputs["semantic_codes"].shape[1]))
+            prompt_frames.append((inputs["ref_mel"].shape[2], inputs["prompt_condition"].shape[1]))
         return await infer(model, inputs, *args, **kwargs)
 
     triton.decode_stream, triton.infer = observed_decode_stream, observed_infer
@@ -113,6 +115,10 @@ def test_chunks_arrive_before_the_gpt_has_finished_the_segment(settings_with_voi
     assert len(finished_at) == 1
     assert first_audio_at is not None and first_audio_at < finished_at[0], "the first audio waited for the segment"
     assert len(s2mel_codes) >= 2 and s2mel_codes[0] < 249, s2mel_codes
+    # Chunk 0: the 6 s speaker prompt cut to STREAM_PROMPT_SECONDS (3 s = 258 frames); later chunks: no
+    # speaker prompt, the mel already rendered as theirs.
+    assert prompt_frames[0] == (258, 258), prompt_frames
+    assert all(condition == 0 and 0 < mel for mel, condition in prompt_frames[1:]), prompt_frames
     # The chunks make one WAV as long as the 249 codes call for (s2mel frames x 256 samples).
     assert _pcm(stream).shape[0] == round(249 * 1.72) * 256
 
@@ -186,31 +192,22 @@ def test_a_client_that_leaves_mid_stream_frees_its_decoder_slot(settings_with_vo
 
 def test_a_failure_after_the_first_audio_ends_the_stream_visibly_and_is_reported_once(
         settings_with_voice, triton_server, bugsink_server):
-    """s2mel reloaded without its code_offset input: the first chunk renders, the second is refused. (Chunks
-    of 1 code at least: the speech route has no min_codes, and the demo GPT may stop early.)"""
+    """s2mel reloaded without its code_offset input: the first chunk renders, the second is refused: the
+    connection closes without the final chunk. (The SSE error event: tests/test_orchestrator_api.py.)"""
     def without_code_offset(config: dict) -> None:
         config["input"] = [tensor for tensor in config["input"] if tensor["name"] != "code_offset"]
 
     with model_reconfigured(triton_server, "s2mel", without_code_offset), \
-            _served(settings_with_voice, stream_chunk_codes="1")[1] as url:
-        with httpx.stream("POST", f"{url}/v1/tts", data={**LONG, "stream": "true"}, timeout=120) as response:
-            assert response.status_code == 200
-            request_ids = [response.headers["x-request-id"]]
-            received = b""
-            with pytest.raises(httpx.RemoteProtocolError):  # cut without the final chunk
-                for data in response.iter_raw():
-                    received += data
-            assert len(received) > 44  # the first chunk came through
-        sse = httpx.post(f"{url}/v1/audio/speech", timeout=120, json={
-            "input": TEXT, "voice": "streamer", "response_format": "pcm", "stream_format": "sse"})
-        assert sse.status_code == 200
-        request_ids.append(sse.headers["x-request-id"])
-        events = _sse_events(sse.text)
-        assert events[0]["type"] == "speech.audio.delta"
-        assert events[-1]["type"] == "error" and "speech.audio.done" not in [event["type"] for event in events]
-        assert events[-1]["error"]["stage"] == "s2mel" and events[-1]["error"]["request_id"] == request_ids[1]
+            _served(settings_with_voice, stream_chunk_codes="1")[1] as url, \
+            httpx.stream("POST", f"{url}/v1/tts", data={**LONG, "stream": "true"}, timeout=120) as response:
+        assert response.status_code == 200
+        request_id = response.headers["x-request-id"]
+        received = b""
+        with pytest.raises(httpx.RemoteProtocolError):  # cut without the final chunk
+            for data in response.iter_raw():
+                received += data
+        assert len(received) > 44  # the first chunk came through
     sentry_sdk.flush(timeout=5)
-    for request_id in request_ids:
-        stored = bugsink_server.events(wait_for=1, timeout_s=20, tags={"request_id": request_id})
-        errors = [event for event in stored if event["level"] == "error"]
-        assert len(errors) == 1 and errors[0]["tags"]["stage"] == "s2mel", errors
+    stored = bugsink_server.events(wait_for=1, timeout_s=20, tags={"request_id": request_id})
+    errors = [event for event in stored if event["level"] == "error"]
+    assert len(errors) == 1 and errors[0]["tags"]["stage"] == "s2mel", errors
