@@ -42,6 +42,7 @@ text-normalizer: env
 	$(PYTHON) -m indextts2.frontend.normalizer
 
 test: env bugsink-env text-normalizer
+	$(VENV)/bin/ruff check .
 	$(PYTHON) -m pytest
 
 # The service on a demo preset: builds build/<preset> once (checkpoint + exported model repository), starts

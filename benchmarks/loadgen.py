@@ -509,7 +509,7 @@ async def run_load(
         rng = np.random.default_rng(seed)
         arrivals = np.cumsum(rng.exponential(1.0 / rate, size=len(requests)))
         tasks = []
-        for request, arrival in zip(requests, arrivals):
+        for request, arrival in zip(requests, arrivals, strict=False):
             if arrival > duration_s:
                 break
             delay = arrival - (time.perf_counter() - start)

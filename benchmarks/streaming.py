@@ -47,7 +47,7 @@ async def run_streaming(stack: Any, controls: SynthesisControls, wait_idle: Call
     targets = {service: HttpTarget(stack.urls[service]) for service in ("served", "eager")}
     runs: list[dict[str, Any]] = []
     try:
-        for system, (service, mode) in STREAM_SYSTEMS.items():
+        for service, mode in STREAM_SYSTEMS.values():
             await warm_up(targets[service], build_requests(2, seed=seed + 777),
                           dataclasses.replace(controls, stream=True, stream_mode=mode))
         systems = list(STREAM_SYSTEMS)

@@ -65,7 +65,7 @@ def parse_emotion_vector(value: Any) -> tuple[float, ...] | None:
         raise ValueError("must be 8 numbers, comma-separated or a JSON array") from None
     if len(numbers) != len(EMOTIONS):
         raise ValueError(f"must have {len(EMOTIONS)} weights ({', '.join(EMOTIONS)}), got {len(numbers)}")
-    for name, number in zip(EMOTIONS, numbers):
+    for name, number in zip(EMOTIONS, numbers, strict=False):
         if not math.isfinite(number) or not 0.0 <= number <= 1.0:
             raise ValueError(f"weight for {name} must be in [0, 1], got {number}")
     if sum(numbers) > 1.0 + 1e-6:

@@ -409,7 +409,7 @@ class TritonStages:
                     self.model_versions[entry["name"]] = entry["version"]
         except InferenceServerException:
             pass
-        return Readiness(live=live, models=dict(zip(models, states)))
+        return Readiness(live=live, models=dict(zip(models, states, strict=False)))
 
 
 def _as_text(value: object) -> str:

@@ -165,7 +165,7 @@ def test_the_other_teams_model_answers_correctly_under_concurrent_load(server):
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    for rows, scores in zip(inputs, results):
+    for rows, scores in zip(inputs, results, strict=False):
         np.testing.assert_allclose(scores, np.maximum(rows @ WEIGHTS + BIAS, 0), rtol=1e-5, atol=1e-6)
 
 

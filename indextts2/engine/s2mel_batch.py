@@ -219,7 +219,7 @@ class S2MelBatcher:
                     return torch.tensor([bool(gone[i]) for i in indices])
             with self._precision():
                 mels = self._run_group([requests[i] for i in indices], steps, cfg_rate, velocity_fn, group_gone)
-            for index, mel in zip(indices, mels):
+            for index, mel in zip(indices, mels, strict=False):
                 results[index] = mel
         return results
 
@@ -263,7 +263,7 @@ class S2MelBatcher:
         ]
         prompt_lens = [r.ref_mel.shape[1] for r in requests]
         mu = self._pad_stack(rows, 0)
-        x_lens = torch.tensor([r.prompt_condition.shape[0] + t for r, t in zip(requests, targets)], device=device)
+        x_lens = torch.tensor([r.prompt_condition.shape[0] + t for r, t in zip(requests, targets, strict=False)], device=device)
         prompt = self._pad_stack([r.ref_mel.to(device, dtype) for r in requests], 1)
         style = torch.stack([r.style.to(device, dtype) for r in requests])
 

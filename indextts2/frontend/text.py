@@ -193,7 +193,7 @@ class TextFrontend:
         """Pieces of the text that the bpe.model maps to <unk> (the official code only warns about them)."""
         pieces = self.pieces(text)
         return [
-            piece for piece, token_id in zip(pieces, self._pieces_to_ids(pieces)) if token_id == self.unk_id
+            piece for piece, token_id in zip(pieces, self._pieces_to_ids(pieces), strict=False) if token_id == self.unk_id
         ]
 
     def split_segments(

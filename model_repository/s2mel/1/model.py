@@ -191,7 +191,7 @@ class TritonPythonModel:
             if out_of_memory:  # here, where the traceback no longer holds the failed batch's tensors
                 free_cached_memory(self.device)
             return
-        for call, mel in zip(batch, mels):
+        for call, mel in zip(batch, mels, strict=False):
             if mel is None:  # it left the batch between steps, its caller gone (for good)
                 if not self._stopped(call):
                     self._send_error(call.sender, "s2mel: stopped between diffusion steps")
