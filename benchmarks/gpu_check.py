@@ -708,6 +708,48 @@ def decoder_part(check: Check, budget: Budget, result: dict[str, Any]) -> None:
                 f"with prefills")
     served = None
     free_memory(device)
+    if device.type != "cuda":
+        skipped["out of memory"] = "CUDA only (the CPU suite injects the error: tests/test_out_of_memory.py)"
+    elif budget.allows():
+        with guarded(result, "out_of_memory"):
+            result["out_of_memory"] = provoke_out_of_memory(model, engine(model, largest, False), largest,
+                                                            s.engine_codes, device)
+    free_memory(device)
+
+
+def provoke_out_of_memory(model: UnifiedVoice, engine: DecoderEngine, batch: int, codes: int,
+                          device: torch.device) -> dict[str, Any]:
+    """A real CUDA out-of-memory in the decoder: take (nearly) all free GPU memory, decode a batch, then give
+    the memory back and decode the same batch again. Shows the engine's smaller-batch retries, the requests
+    it failed, and that it serves on afterwards. Written without a GPU at hand: not run yet."""
+    from indextts2.pipeline import OFFICIAL_SAMPLING
+
+    hog: list[torch.Tensor] = []
+    chunk = 1 << 30
+    while chunk >= 1 << 20:  # fill the device, 1 GiB at a time, then smaller
+        try:
+            hog.append(torch.empty(chunk, dtype=torch.uint8, device=device))
+        except torch.OutOfMemoryError:
+            chunk //= 2
+    engine.stats.reset()
+    handles = [engine.submit(request) for request in decode_requests(model, batch, OFFICIAL_SAMPLING, codes)]
+    engine.run_until_idle()
+    starved = [handle.result(timeout=0) for handle in handles]
+    decode_batches = sorted({record.decode_batch for record in engine.stats.records if record.decode_batch})
+    hog.clear()
+    free_memory(device)
+    again = run_engine(engine, decode_requests(model, batch, OFFICIAL_SAMPLING, codes, seed=20_000))
+    row = {
+        "batch": batch,
+        "hogged_bytes": int(torch.cuda.max_memory_allocated(device)),
+        "with_memory_taken": {reason.name: sum(r.stop_reason is reason for r in starved) for reason in StopReason},
+        "decode_batches_run": decode_batches,
+        "out_of_memory_errors": sorted({r.error for r in starved if r.error and "out of memory" in r.error})[:3],
+        "recovered": all(r.stop_reason is StopReason.MAX_CODES for r in again),
+    }
+    say(f"decoder: out of memory provoked at batch {batch}: {row['with_memory_taken']}, decode batches "
+        f"{decode_batches}; afterwards all {batch} served: {row['recovered']}")
+    return row
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1358,6 +1400,11 @@ def _decoder_markdown(part: dict[str, Any]) -> list[str]:
                         [[r["batch"], r["codes"], r["decode_step_ms"], r["decode_codes_per_s"],
                           r["end_to_end_codes_per_s"], r["prefill_ms_per_request"]] for r in part["engine"]])
         lines.append("")
+    if part.get("out_of_memory"):
+        row = part["out_of_memory"]
+        lines += [(f"Out of memory provoked (GPU filled, then a batch of {row['batch']} decoded): outcomes "
+                  f"{row['with_memory_taken']}, decode batches run {row['decode_batches_run']}; with the memory "
+                  f"given back, all served again: {row['recovered']}."), ""]
     return lines
 
 
