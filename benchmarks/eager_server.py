@@ -20,8 +20,10 @@ official `infer_v2` runs them.
 `POST /v1/tts` takes the multipart form of the orchestrator's route (`orchestrator.schemas.TtsForm`, same
 fields, limits and defaults) and answers the same way: a 22.05 kHz 16-bit mono WAV, or with
 `stream=true` a streaming WAV header then PCM per finished segment (infer_v2's `stream_return`), with the
-same `{"error": {...}}` bodies for refused requests. Registered voices (`voice`, `emotion_voice`) are
-not part of the baseline: 422.
+same `{"error": {...}}` bodies for refused requests: the service's own checks and errors
+(`orchestrator.service.synthesis_options`, `orchestrator.pipeline.check_text_length` and
+`decode_reference_audio`, `orchestrator.app.validation_error`), so both refuse the same requests alike.
+Registered voices (`voice`, `emotion_voice`) are not part of the baseline: 422.
 """
 
 from __future__ import annotations
@@ -44,28 +46,24 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from indextts2 import defaults
 from indextts2.checkpoint_dir import CheckpointPaths, load_networks
 from indextts2.defaults import OUTPUT_SAMPLE_RATE
-from indextts2.frontend.audio import AudioDecodeError, decode_audio
 from indextts2.frontend.text import TextError
 from indextts2.networks.gpt import SamplingConfig
 from indextts2.pipeline import OFFICIAL_SAMPLING, EagerPipeline
 from indextts2.rules import segment_silence
-from orchestrator.pipeline import MIN_REFERENCE_SECONDS
+from orchestrator.app import validation_error
+from orchestrator.errors import InvalidRequestError, ServiceError
+from orchestrator.pipeline import check_text_length, decode_reference_audio
 from orchestrator.schemas import ErrorBody, ErrorResponse, TtsForm
+from orchestrator.service import read_upload, synthesis_options
 from orchestrator.settings import Settings
 from orchestrator.wav import pcm16, wav_bytes, wav_header
 
 
-class RefusedRequest(Exception):
-    """A request the baseline does not serve: the status code and the orchestrator's error body."""
-
-    def __init__(self, status: int, error_type: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.error_type, self.message, self.field = status, error_type, message, field
-
-
-def _error(status: int, error_type: str, message: str, field: str | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorBody(type=error_type, message=message, field=field))
-    return JSONResponse(body.model_dump(), status_code=status)
+def _error(error: ServiceError) -> JSONResponse:
+    """The service's error body for the service's error (no Sentry here: the baseline reports nothing)."""
+    body = ErrorResponse(error=ErrorBody(type=error.error_type, message=error.message, field=error.field,
+                                         limit=error.limit, stage=error.stage))
+    return JSONResponse(body.model_dump(), status_code=error.http_status)
 
 
 class EagerService:
@@ -86,49 +84,33 @@ class EagerService:
         self.in_flight = 0  # requests in the service: running, or waiting for the lock
 
     async def reference(self, upload: UploadFile | None, field: str) -> tuple[np.ndarray, int] | None:
+        """The upload decoded with the service's own checks and errors."""
         if upload is None:
             return None
-        data = await upload.read(self.settings.max_upload_bytes + 1)
-        if len(data) > self.settings.max_upload_bytes:
-            raise RefusedRequest(413, "payload_too_large", f"{field} is over {self.settings.max_upload_bytes} bytes",
-                                 field)
-        try:
-            audio = decode_audio(data)
-        except AudioDecodeError:
-            raise RefusedRequest(422, "invalid_request", f"{field} is not audio this service can decode",
-                                 field) from None
-        samples, sample_rate = audio.samples, audio.sample_rate
-        if audio.declared_seconds < MIN_REFERENCE_SECONDS:
-            raise RefusedRequest(422, "invalid_request", f"{field} is shorter than {MIN_REFERENCE_SECONDS} s", field)
-        return samples, sample_rate
+        limit = self.settings.max_upload_bytes
+        audio = decode_reference_audio(field, await read_upload(upload, field, limit), limit)
+        return audio.samples, audio.sample_rate
 
     def options(self, form: TtsForm) -> dict:
-        """The form -> `EagerPipeline.synthesize_segments` keyword arguments (the orchestrator's checks)."""
+        """The form -> `EagerPipeline.synthesize_segments` keyword arguments, validated by the service's own
+        checks (`synthesis_options`, `check_text_length`), so both refuse the same requests the same way."""
         if form.voice or form.emotion_voice:
-            raise RefusedRequest(422, "invalid_request", "the eager baseline has no registered voices",
-                                 "voice" if form.voice else "emotion_voice")
+            field = "voice" if form.voice else "emotion_voice"
+            raise InvalidRequestError("the eager baseline has no registered voices", field=field)
         if form.speaker_audio is None:
-            raise RefusedRequest(422, "invalid_request", "speaker_audio is required", "speaker_audio")
-        if not form.text.strip() or len(form.text) > self.settings.max_text_chars:
-            raise RefusedRequest(422, "invalid_request", f"text must be 1 to {self.settings.max_text_chars} "
-                                 "characters", "text")
-        if form.max_codes is not None and form.max_codes > self.max_codes_limit:
-            raise RefusedRequest(422, "invalid_request", f"max_codes must be at most {self.max_codes_limit}",
-                                 "max_codes")
-        max_codes = form.max_codes or min(defaults.MAX_CODES, self.max_codes_limit)
-        if form.min_codes is not None and form.min_codes > max_codes:
-            raise RefusedRequest(422, "invalid_request", f"min_codes must be at most max_codes ({max_codes})",
-                                 "min_codes")
+            raise InvalidRequestError("speaker_audio is required", field="speaker_audio")
+        check_text_length(form.text, self.settings.max_text_chars)
+        options = synthesis_options(form, self.max_codes_limit, min(defaults.MAX_CODES, self.max_codes_limit))
         sampling = SamplingConfig(**{
-            **OFFICIAL_SAMPLING.__dict__, "do_sample": form.do_sample, "temperature": form.temperature,
-            "top_k": form.top_k, "top_p": form.top_p, "repetition_penalty": form.repetition_penalty,
-            "max_codes": max_codes, "min_codes": form.min_codes or 0,
+            **OFFICIAL_SAMPLING.__dict__, "do_sample": options.do_sample, "temperature": options.temperature,
+            "top_k": options.top_k, "top_p": options.top_p, "repetition_penalty": options.repetition_penalty,
+            "max_codes": options.max_codes, "min_codes": options.min_codes,
         })
         return {
-            "emo_alpha": form.emo_alpha, "duration_ratio": form.duration_ratio, "sampling": sampling,
-            "emo_weights": list(form.emotion_vector) if form.emotion_vector is not None else None,
-            "diffusion_steps": form.diffusion_steps, "max_text_tokens_per_segment": self.max_text_tokens,
-            "official_second_pass": self.official_second_pass, "seed": form.seed, "cfg_rate": form.cfg_rate,
+            "emo_alpha": options.emo_alpha, "duration_ratio": options.duration_ratio, "sampling": sampling,
+            "emo_weights": list(options.emotion_weights) if options.emotion_weights is not None else None,
+            "diffusion_steps": options.diffusion_steps, "max_text_tokens_per_segment": self.max_text_tokens,
+            "official_second_pass": self.official_second_pass, "seed": options.seed, "cfg_rate": options.cfg_rate,
         }
 
     async def pieces(self, form: TtsForm, client_gone: Callable[[], Awaitable[bool]] | None = None,
@@ -159,8 +141,8 @@ class EagerService:
                     # The networks run off the event loop, so /healthz answers while a request runs.
                     piece = await asyncio.to_thread(next, segments, None)
                 except TextError:
-                    raise RefusedRequest(422, "invalid_request", "text has nothing to speak after normalisation",
-                                         "text") from None
+                    raise InvalidRequestError("text has nothing to speak after normalisation (only punctuation, "
+                                              "symbols or spaces)", field="text") from None
                 if piece is None:
                     return
                 waveform = piece[0]
@@ -177,15 +159,12 @@ def create_eager_app(service: EagerService) -> FastAPI:
     app.state.service = service
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = (exc.errors() or [{}])[0]
-        location = [str(part) for part in first.get("loc", ()) if part != "body"]
-        return _error(422, "invalid_request", str(first.get("msg", "invalid request")),
-                      location[0] if location else None)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(validation_error(exc))  # the service's reading of the form's faults
 
-    @app.exception_handler(RefusedRequest)
-    async def refused(request: Request, exc: RefusedRequest) -> JSONResponse:
-        return _error(exc.status, exc.error_type, exc.message, exc.field)
+    @app.exception_handler(ServiceError)
+    async def refused(request: Request, exc: ServiceError) -> JSONResponse:
+        return _error(exc)
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -110,3 +110,24 @@ def scale_emotion_weights(weights: Sequence[float], emo_alpha: float) -> list[fl
     if scale == 1.0:
         return list(weights)
     return [int(w * scale * 10000) / 10000 for w in weights]
+
+
+def gpt_emotion_vector(
+    base: torch.Tensor,
+    emotion: torch.Tensor | None,
+    emo_alpha: float,
+    emo_weights: Sequence[float] | None,
+    bank: EmotionBank,
+    style: torch.Tensor,
+) -> torch.Tensor:
+    """The GPT's emotion vector (1, d) by infer_v2's rules, from the emotion encoder's vectors of the
+    speaker audio (`base`) and of the emotion audio (`emotion`, None without one):
+    - emotion weights override the emotion audio: scaled by emo_alpha, they pick rows of the emotion bank
+      closest to the speaker's style and mix them with (1 - sum) * base;
+    - else, with emotion audio: base + emo_alpha * (emotion - base);
+    - else: base.
+    The served pipeline and the eager one both call this."""
+    vector = base if emo_weights is not None or emotion is None else base + emo_alpha * (emotion - base)
+    if emo_weights is not None:
+        vector, _ = emotion_vector_from_weights(bank, scale_emotion_weights(emo_weights, emo_alpha), style, vector)
+    return vector

@@ -17,15 +17,8 @@ import torch
 
 from indextts2 import defaults, rules
 from indextts2.checkpoint_dir import IndexTTS2Networks
-from indextts2.emotion import emotion_vector_from_weights, scale_emotion_weights
-from indextts2.frontend.audio import (
-    campplus_features,
-    emotion_waveform,
-    mel_spectrogram,
-    prompt_waveforms,
-    s2mel_mel_args,
-    seamless_m4t_features,
-)
+from indextts2.emotion import gpt_emotion_vector
+from indextts2.frontend.audio import emotion_prompt_features, prompt_features, s2mel_mel_args
 from indextts2.networks.gpt import SamplingConfig
 from indextts2.rules import segment_silence, target_mel_frames
 
@@ -62,24 +55,23 @@ class EagerPipeline:
         self.device = torch.device(device)
         self.mel_args = s2mel_mel_args(networks.config["s2mel"])
 
-    def _semantic_features(self, wav_16k: np.ndarray) -> torch.Tensor:
-        features, mask = seamless_m4t_features(wav_16k)
-        features = torch.from_numpy(features)[None].to(self.device)
-        mask = torch.from_numpy(mask)[None].to(self.device)
+    def _semantic_features(self, input_features: np.ndarray, attention_mask: np.ndarray) -> torch.Tensor:
+        features = torch.from_numpy(input_features)[None].to(self.device)
+        mask = torch.from_numpy(attention_mask)[None].to(self.device)
         return self.networks.semantic_encoder(features, mask)
 
     @torch.inference_mode()
     def speaker_prompt(self, samples: np.ndarray, sample_rate: int) -> SpeakerPrompt:
         nets = self.networks
-        wav_22k, wav_16k = prompt_waveforms(samples, sample_rate)
-        features = self._semantic_features(wav_16k)
+        prompt = prompt_features(samples, sample_rate, self.mel_args)
+        features = self._semantic_features(prompt.input_features, prompt.attention_mask)
         lengths = torch.tensor([features.shape[1]], device=self.device)
         _, codec_embedding = nets.semantic_codec.quantize(features)
-        ref_mel = torch.from_numpy(mel_spectrogram(wav_22k, **self.mel_args))[None].to(self.device)
+        ref_mel = torch.from_numpy(prompt.ref_mel)[None].to(self.device)
         prompt_condition, _ = nets.s2mel.length_regulator(
             codec_embedding, torch.tensor([ref_mel.shape[-1]], device=self.device)
         )
-        style = nets.campplus(torch.from_numpy(campplus_features(wav_16k))[None].to(self.device))
+        style = nets.campplus(torch.from_numpy(prompt.fbank)[None].to(self.device))
         return SpeakerPrompt(
             semantic_features=features,
             prompt_condition=prompt_condition,
@@ -91,8 +83,7 @@ class EagerPipeline:
     @torch.inference_mode()
     def emotion_features(self, samples: np.ndarray, sample_rate: int) -> torch.Tensor:
         """An emotion reference is read at 16 kHz and cut to 15 s, as infer_v2 does."""
-        wav_16k = emotion_waveform(samples, sample_rate)
-        return self._semantic_features(wav_16k)
+        return self._semantic_features(*emotion_prompt_features(samples, sample_rate))
 
     @torch.inference_mode()
     def emotion_vector(
@@ -102,25 +93,17 @@ class EagerPipeline:
         emo_alpha: float = 1.0,
         emo_weights: list[float] | None = None,
     ) -> torch.Tensor:
-        """The GPT's emotion vector (1, d), with infer_v2's rules: an emotion vector (8 weights) overrides
-        the emotion audio; without emotion audio, the speaker's own audio is the emotion reference."""
+        """The GPT's emotion vector (1, d), with infer_v2's rules (`gpt_emotion_vector`, which the served
+        pipeline calls too): an emotion vector (8 weights) overrides the emotion audio; without emotion
+        audio, the speaker's own audio is the emotion reference."""
         gpt = self.networks.gpt
-        if emo_weights is not None or emotion_features is None:
-            emotion_features, alpha = speaker.semantic_features, 1.0
-        else:
-            alpha = emo_alpha
-        spk = speaker.semantic_features
-        emovec = gpt.merge_emovec(
-            spk,
-            emotion_features,
-            torch.tensor([spk.shape[1]], device=self.device),
-            torch.tensor([emotion_features.shape[1]], device=self.device),
-            alpha,
-        )
-        if emo_weights is not None:
-            weights = scale_emotion_weights(emo_weights, emo_alpha)
-            emovec, _ = emotion_vector_from_weights(self.networks.emotion_bank, weights, speaker.style, emovec)
-        return emovec
+
+        def emotion_encoder(features: torch.Tensor) -> torch.Tensor:
+            return gpt.get_emovec(features, torch.tensor([features.shape[1]], device=self.device))
+
+        base = emotion_encoder(speaker.semantic_features)
+        emotion = None if emotion_features is None or emo_weights is not None else emotion_encoder(emotion_features)
+        return gpt_emotion_vector(base, emotion, emo_alpha, emo_weights, self.networks.emotion_bank, speaker.style)
 
     @torch.inference_mode()
     def synthesize_segment(

@@ -39,16 +39,13 @@ import torch
 
 from indextts2 import defaults
 from indextts2.defaults import MEL_HOP_SAMPLES
-from indextts2.emotion import emotion_vector_from_weights, scale_emotion_weights
+from indextts2.emotion import gpt_emotion_vector
 from indextts2.frontend.audio import (
     MAX_PROMPT_SECONDS,
     AudioDecodeError,
-    campplus_features,
     decode_audio,
-    emotion_waveform,
-    mel_spectrogram,
-    prompt_waveforms,
-    seamless_m4t_features,
+    emotion_prompt_features,
+    prompt_features,
 )
 from indextts2.frontend.text import TextError
 from indextts2.frontend.text_2_5 import TextError25, detect_language, lang_to_token
@@ -177,6 +174,46 @@ async def gather_all(*coroutines: Coroutine[Any, Any, Any]) -> list[Any]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def check_text_length(text: str, limit: int) -> None:
+    """The API's text limits (the eager baseline checks with this too); never echoes the text."""
+    if not text or not text.strip():
+        raise InvalidRequestError("text is empty", field="text", limit=f"1 to {limit} characters")
+    if len(text) > limit:
+        raise InvalidRequestError(
+            f"text is {len(text)} characters long; the limit is {limit}", field="text",
+            limit=f"1 to {limit} characters",
+        )
+
+
+def decode_reference_audio(field: str, data: bytes, max_upload_bytes: int) -> ReferenceAudio:
+    """Uploaded bytes -> samples, with the API's size, format and length checks (the eager baseline
+    decodes with this too)."""
+    if len(data) > max_upload_bytes:
+        raise PayloadTooLargeError(
+            f"{field} is {len(data)} bytes; the limit is {max_upload_bytes} bytes", field=field,
+            limit=f"{max_upload_bytes} bytes",
+        )
+    if not data:
+        raise InvalidRequestError(f"{field} is empty", field=field)
+    try:
+        decoded = decode_audio(data)
+    except AudioDecodeError as error:
+        if error.limit is not None:  # a header this service does not take: say which limit
+            raise InvalidRequestError(f"{field}: {error}", field=field, limit=error.limit) from None
+        raise InvalidRequestError(
+            f"{field} is not audio this service can decode; send WAV, FLAC or OGG", field=field,
+            limit="WAV, FLAC or OGG (Vorbis/Opus), mono or multi-channel",
+        ) from None
+    decoded_seconds = decoded.samples.shape[0] / decoded.sample_rate
+    if decoded_seconds < MIN_REFERENCE_SECONDS:
+        raise InvalidRequestError(
+            f"{field} is {decoded_seconds:.2f} s long; at least {MIN_REFERENCE_SECONDS} s is needed",
+            field=field, limit=f">= {MIN_REFERENCE_SECONDS} s",
+        )
+    return ReferenceAudio(field, decoded.samples, decoded.sample_rate, hashlib.sha256(data).hexdigest(),
+                          decoded.declared_seconds)
+
+
 class SynthesisPipeline:
     def __init__(
         self, settings: Settings, assets: ModelAssets, triton: TritonStages, reporter: Reporter,
@@ -225,14 +262,7 @@ class SynthesisPipeline:
         on a long text). Errors name the field, never echo the text. first_segment_tokens: see
         `split_pieces` (a short first segment for streaming; IndexTTS-2.0 only). language: IndexTTS-2.5's
         language code (`language`), whose tag starts every segment."""
-        limit = self.settings.max_text_chars
-        if not text or not text.strip():
-            raise InvalidRequestError("text is empty", field="text", limit=f"1 to {limit} characters")
-        if len(text) > limit:
-            raise InvalidRequestError(
-                f"text is {len(text)} characters long; the limit is {limit}", field="text",
-                limit=f"1 to {limit} characters",
-            )
+        check_text_length(text, self.settings.max_text_chars)
         # Segments must fit the GPT's text positions (max_text_tokens, start/stop tokens aside).
         max_tokens = min(self.settings.max_text_tokens_per_segment, self.assets.max_text_tokens)
         try:
@@ -260,31 +290,8 @@ class SynthesisPipeline:
 
     async def decode_reference(self, field: str, data: bytes) -> ReferenceAudio:
         """Uploaded bytes -> samples, with the size, format and length checks of the API."""
-        limit = self.settings.max_upload_bytes
-        if len(data) > limit:
-            raise PayloadTooLargeError(
-                f"{field} is {len(data)} bytes; the limit is {limit} bytes", field=field,
-                limit=f"{limit} bytes",
-            )
-        if not data:
-            raise InvalidRequestError(f"{field} is empty", field=field)
-        try:
-            decoded = await self._in_process("audio_decode", decode_audio, data)
-        except AudioDecodeError as error:
-            if error.limit is not None:  # a header this service does not take: say which limit
-                raise InvalidRequestError(f"{field}: {error}", field=field, limit=error.limit) from None
-            raise InvalidRequestError(
-                f"{field} is not audio this service can decode; send WAV, FLAC or OGG", field=field,
-                limit="WAV, FLAC or OGG (Vorbis/Opus), mono or multi-channel",
-            ) from None
-        decoded_seconds = decoded.samples.shape[0] / decoded.sample_rate
-        if decoded_seconds < MIN_REFERENCE_SECONDS:
-            raise InvalidRequestError(
-                f"{field} is {decoded_seconds:.2f} s long; at least {MIN_REFERENCE_SECONDS} s is needed",
-                field=field, limit=f">= {MIN_REFERENCE_SECONDS} s",
-            )
-        return ReferenceAudio(field, decoded.samples, decoded.sample_rate, hashlib.sha256(data).hexdigest(),
-                              decoded.declared_seconds)
+        return await self._in_process("audio_decode", decode_reference_audio, field, data,
+                                      self.settings.max_upload_bytes)
 
     def _check_reference_length(self, audio: ReferenceAudio) -> list[str]:
         if audio.duration_s < SHORT_REFERENCE_SECONDS:
@@ -321,23 +328,10 @@ class SynthesisPipeline:
         if context is not None:
             context.warnings.extend(kind for kind in warnings if kind not in context.warnings)
 
-    @staticmethod
-    def _speaker_features(audio: ReferenceAudio, mel_args: dict) -> dict[str, np.ndarray]:
-        wav_22k, wav_16k = prompt_waveforms(audio.samples, audio.sample_rate)
-        features, mask = seamless_m4t_features(wav_16k)
-        return {
-            "input_features": features, "attention_mask": mask, "fbank": campplus_features(wav_16k),
-            "ref_mel": mel_spectrogram(wav_22k, **mel_args), "used_samples_22k": np.array(wav_22k.shape[0]),
-        }
-
-    @staticmethod
-    def _emotion_features(audio: ReferenceAudio) -> dict[str, np.ndarray]:
-        features, mask = seamless_m4t_features(emotion_waveform(audio.samples, audio.sample_rate))
-        return {"input_features": features, "attention_mask": mask}
-
-    async def _features(self, audio: ReferenceAudio, compute: Callable[..., dict], *args: Any) -> dict:
+    async def _features(self, audio: ReferenceAudio, compute: Callable[..., T], *args: Any) -> T:
+        """compute(samples, sample_rate, *args) off the event loop, its failures as the API's errors."""
         try:
-            return await self._in_process("features", compute, audio, *args)
+            return await self._in_process("features", compute, audio.samples, audio.sample_rate, *args)
         except ValueError:
             # Too few frames for an extractor.
             raise InvalidRequestError(
@@ -349,10 +343,9 @@ class SynthesisPipeline:
 
     # --- conditioning ------------------------------------------------------------------------------
 
-    async def _semantic_features(self, features: dict[str, np.ndarray]) -> np.ndarray:
+    async def _semantic_features(self, input_features: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         result = await self.triton.infer(
-            "semantic_encoder",
-            {"input_features": features["input_features"][None], "attention_mask": features["attention_mask"][None]},
+            "semantic_encoder", {"input_features": input_features[None], "attention_mask": attention_mask[None]},
             ["semantic_features"],
         )
         return result["semantic_features"]  # (1, T, D)
@@ -365,10 +358,10 @@ class SynthesisPipeline:
             self._flag(cached.warnings)
             return cached
         warnings = self._check_reference_length(audio)
-        features = await self._features(audio, self._speaker_features, self.assets.mel_args)
-        semantic = await self._semantic_features(features)
+        features = await self._features(audio, prompt_features, self.assets.mel_args)
+        semantic = await self._semantic_features(features.input_features, features.attention_mask)
         lengths = np.array([[semantic.shape[1]]], dtype=np.int64)
-        ref_mel = features["ref_mel"]
+        ref_mel = features.ref_mel
 
         async def prompt_condition() -> np.ndarray:
             codec = await self.triton.infer("semantic_codec", {"semantic_features": semantic}, ["semantic_embedding"])
@@ -393,7 +386,7 @@ class SynthesisPipeline:
 
         async def style_and_latents_2_5() -> tuple[dict, dict]:
             # IndexTTS-2.5: the GPT's speaker row is spk_emb_proj(CAMPPlus style).
-            style = await self.triton.infer("campplus", {"fbank": features["fbank"][None]}, ["speaker_style"])
+            style = await self.triton.infer("campplus", {"fbank": features.fbank[None]}, ["speaker_style"])
             latents = await self.triton.infer(
                 "speaker_conditioner", {"speaker_style": style["speaker_style"]}, ["speaker_latents"]
             )
@@ -409,7 +402,7 @@ class SynthesisPipeline:
         else:
             condition, style, latents, base = await gather_all(
                 prompt_condition(),
-                self.triton.infer("campplus", {"fbank": features["fbank"][None]}, ["speaker_style"]),
+                self.triton.infer("campplus", {"fbank": features.fbank[None]}, ["speaker_style"]),
                 self.triton.infer("speaker_conditioner", conditioner_inputs, ["speaker_latents"]),
                 self.triton.infer("emotion_conditioner", conditioner_inputs, ["emotion_vector"]),
             )
@@ -420,7 +413,7 @@ class SynthesisPipeline:
             ref_mel=ref_mel,
             style=style["speaker_style"][0],
             duration_s=audio.duration_s,
-            used_duration_s=float(features["used_samples_22k"]) / SAMPLE_RATE,
+            used_duration_s=features.used_samples_22k / SAMPLE_RATE,
         )
         warnings += self._check_emotion_embedding(conditioning.base_emotion_vector, "speaker reference")
         conditioning = dataclasses.replace(conditioning, warnings=tuple(warnings))
@@ -436,8 +429,7 @@ class SynthesisPipeline:
             return cached
         # A short emotion reference still carries its emotion: only the cut is noted.
         warnings = self._check_reference_length(audio) if audio.duration_s > MAX_PROMPT_SECONDS else []
-        features = await self._features(audio, self._emotion_features)
-        semantic = await self._semantic_features(features)
+        semantic = await self._semantic_features(*await self._features(audio, emotion_prompt_features))
         lengths = np.array([[semantic.shape[1]]], dtype=np.int64)
         result = await self.triton.infer(
             "emotion_conditioner", {"semantic_features": semantic, "feature_lengths": lengths}, ["emotion_vector"]
@@ -451,23 +443,14 @@ class SynthesisPipeline:
     def emotion_vector(
         self, speaker: SpeakerConditioning, emotion: EmotionConditioning | None, options: SynthesisOptions
     ) -> np.ndarray:
-        """The GPT's emotion vector, with infer_v2's rules (as EagerPipeline.emotion_vector):
-        - no emotion audio: the speaker's own emotion (base);
-        - emotion audio: base + emo_alpha * (emotion - base);
-        - 8 emotion weights: they override the emotion audio; the weights, scaled by emo_alpha, pick
-          rows of the emotion bank closest to the speaker's style and mix them with (1 - sum) * base."""
-        base = speaker.base_emotion_vector.astype(np.float32)
-        if options.emotion_weights is None and emotion is not None:
-            vector = base + np.float32(options.emo_alpha) * (emotion.emotion_vector.astype(np.float32) - base)
-        else:
-            vector = base
-        if options.emotion_weights is not None:
-            weights = scale_emotion_weights(list(options.emotion_weights), options.emo_alpha)
-            mixed, _ = emotion_vector_from_weights(
-                self.assets.emotion_bank, weights, torch.from_numpy(speaker.style)[None], torch.from_numpy(vector)[None]
-            )
-            vector = mixed[0].float().numpy()
-        return np.ascontiguousarray(vector, dtype=np.float32)
+        """The GPT's emotion vector, by infer_v2's rules (`gpt_emotion_vector`, as EagerPipeline's)."""
+        vector = gpt_emotion_vector(
+            torch.from_numpy(speaker.base_emotion_vector.astype(np.float32))[None],
+            None if emotion is None else torch.from_numpy(emotion.emotion_vector.astype(np.float32))[None],
+            options.emo_alpha, options.emotion_weights, self.assets.emotion_bank,
+            torch.from_numpy(speaker.style)[None],
+        )
+        return np.ascontiguousarray(vector[0].float().numpy(), dtype=np.float32)
 
     # --- synthesis ---------------------------------------------------------------------------------
 

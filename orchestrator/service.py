@@ -76,6 +76,34 @@ class AudioStream:
         self.metrics.audio_seconds.labels(self.route).inc(piece.shape[0] / self.sample_rate)
 
 
+def synthesis_options(form: TtsForm, max_codes_limit: int, default_max_codes: int,
+                      language: str | None = None) -> SynthesisOptions:
+    """The form's synthesis controls, with the checks that depend on the model (the eager baseline
+    validates with this too)."""
+    if form.max_codes is not None and form.max_codes > max_codes_limit:
+        raise InvalidRequestError(f"max_codes must be at most {max_codes_limit} for this model, got {form.max_codes}",
+                                  field="max_codes", limit=f"1 to {max_codes_limit}")
+    max_codes = form.max_codes or default_max_codes
+    if form.min_codes is not None and form.min_codes > max_codes:
+        raise InvalidRequestError(f"min_codes must be at most max_codes ({max_codes}), got {form.min_codes}",
+                                  field="min_codes", limit=f"0 to {max_codes}")
+    return SynthesisOptions(
+        emo_alpha=form.emo_alpha, emotion_weights=form.emotion_vector, duration_ratio=form.duration_ratio,
+        do_sample=form.do_sample, temperature=form.temperature, top_k=form.top_k, top_p=form.top_p,
+        repetition_penalty=form.repetition_penalty, max_codes=max_codes, min_codes=form.min_codes or 0,
+        seed=form.seed, diffusion_steps=form.diffusion_steps, cfg_rate=form.cfg_rate, language=language,
+    )
+
+
+async def read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
+    """An uploaded file's bytes, refused (413) by its declared size before reading when it is over `limit`;
+    at most limit + 1 bytes are read otherwise (`decode_reference_audio` refuses those)."""
+    if upload.size is not None and upload.size > limit:
+        raise PayloadTooLargeError(f"{field} is {upload.size} bytes; the limit is {limit} bytes",
+                                   field=field, limit=f"{limit} bytes")
+    return await upload.read(limit + 1)
+
+
 class TtsService:
     def __init__(
         self, settings: Settings, assets: ModelAssets, triton: TritonStages, reporter: Reporter,
@@ -175,28 +203,7 @@ class TtsService:
         return stream
 
     def _options(self, form: TtsForm, language: str | None = None) -> SynthesisOptions:
-        limit = self.assets.max_codes_limit
-        if form.max_codes is not None and form.max_codes > limit:
-            raise InvalidRequestError(f"max_codes must be at most {limit} for this model, got {form.max_codes}",
-                                      field="max_codes", limit=f"1 to {limit}")
-        max_codes = form.max_codes or self.assets.default_max_codes
-        if form.min_codes is not None and form.min_codes > max_codes:
-            raise InvalidRequestError(f"min_codes must be at most max_codes ({max_codes}), got {form.min_codes}",
-                                      field="min_codes", limit=f"0 to {max_codes}")
-        return SynthesisOptions(
-            emo_alpha=form.emo_alpha, emotion_weights=form.emotion_vector, duration_ratio=form.duration_ratio,
-            do_sample=form.do_sample, temperature=form.temperature, top_k=form.top_k, top_p=form.top_p,
-            repetition_penalty=form.repetition_penalty, max_codes=form.max_codes, min_codes=form.min_codes or 0,
-            seed=form.seed,
-            diffusion_steps=form.diffusion_steps, cfg_rate=form.cfg_rate, language=language,
-        )
-
-    async def _read_upload(self, upload: UploadFile, field_name: str) -> bytes:
-        limit = self.settings.max_upload_bytes
-        if upload.size is not None and upload.size > limit:
-            raise PayloadTooLargeError(f"{field_name} is {upload.size} bytes; the limit is {limit} bytes",
-                                       field=field_name, limit=f"{limit} bytes")
-        return await upload.read(limit + 1)
+        return synthesis_options(form, self.assets.max_codes_limit, self.assets.default_max_codes, language)
 
     async def _reference(
         self, upload: UploadFile | None, voice: str | None, upload_field: str, voice_field: str,
@@ -206,7 +213,8 @@ class TtsService:
         if upload is not None and voice:
             raise InvalidRequestError(f"give {upload_field} or {voice_field}, not both", field=upload_field)
         if upload is not None:
-            return await self.pipeline.decode_reference(upload_field, await self._read_upload(upload, upload_field))
+            data = await read_upload(upload, upload_field, self.settings.max_upload_bytes)
+            return await self.pipeline.decode_reference(upload_field, data)
         if voice:
             record = self.voices.get(voice)
             return await self.pipeline.decode_reference(voice_field, self.voices.audio(record))
@@ -219,7 +227,7 @@ class TtsService:
     async def register_voice(self, form: VoiceForm) -> VoiceResponse:
         if self.voices.exists(form.name):  # before the (costly) conditioning; add() checks again
             raise VoiceExistsError(f"voice {form.name!r} already exists; DELETE it first", field="name")
-        data = await self._read_upload(form.audio, "audio")
+        data = await read_upload(form.audio, "audio", self.settings.max_upload_bytes)
         audio = await self.pipeline.decode_reference("audio", data)
         conditioning = await self.pipeline.speaker_conditioning(audio)
         record = await self.voices.add(form.name, audio.sha256, data, audio.duration_s, audio.sample_rate)

@@ -444,6 +444,31 @@ def mel_spectrogram(
     return np.log(np.maximum(mel, 1e-5)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class PromptFeatures:
+    """What the speaker prompt's encoders read, from the decoded audio as infer_v2 prepares it: the
+    served pipeline (orchestrator) and the eager one both start from these."""
+
+    input_features: np.ndarray  # (T, 160) SeamlessM4T features of the 16 kHz prompt (w2v-BERT's input)
+    attention_mask: np.ndarray  # (T,)
+    fbank: np.ndarray  # (T', 80) Kaldi fbank of the 16 kHz prompt (CAMPPlus's input)
+    ref_mel: np.ndarray  # (80, T_ref) s2mel's log mel of the 22.05 kHz prompt
+    used_samples_22k: int  # the 22.05 kHz prompt's length after the 15 s cut
+
+
+def prompt_features(samples: np.ndarray, sample_rate: int, mel_args: dict[str, Any]) -> PromptFeatures:
+    """A decoded speaker reference -> the features of its (first 15 s) prompt."""
+    wav_22k, wav_16k = prompt_waveforms(samples, sample_rate)
+    features, mask = seamless_m4t_features(wav_16k)
+    return PromptFeatures(features, mask, campplus_features(wav_16k), mel_spectrogram(wav_22k, **mel_args),
+                          int(wav_22k.shape[0]))
+
+
+def emotion_prompt_features(samples: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """A decoded emotion reference -> SeamlessM4T (features, attention mask) of its 16 kHz, 15 s prompt."""
+    return seamless_m4t_features(emotion_waveform(samples, sample_rate))
+
+
 def s2mel_mel_args(s2mel_config: dict[str, Any]) -> dict[str, Any]:
     """`mel_spectrogram` keyword arguments from the `s2mel` config section, as infer_v2 builds them.
 
