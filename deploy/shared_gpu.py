@@ -1,13 +1,15 @@
 """The `shared_gpu` model configurations: our models' configs for a GPU shared with other models.
 
     python deploy/shared_gpu.py /srv/indextts2/repository   # writes <model>/configs/shared_gpu.pbtxt there
+    python deploy/shared_gpu.py /srv/indextts2/repository --model-prefix tts_   # an export with --model-prefix
 
-It is run on an exported repository (what `python -m export --output` wrote, IndexTTS-2 or 2.5), and
+It is run on an exported repository (what `python -m export --output` wrote, IndexTTS-2 or 2.5; with
+`--model-prefix`, one exported with the same `--model-prefix`, whose folders are `<prefix><model>`), and
 derives each variant from that repository's own config.pbtxt, so the variant always matches the model
-version and config that were exported. Triton picks `<model>/configs/<name>.pbtxt` over `<model>/config.pbtxt` when it is started with
-`--model-config-name=<name>`, and falls back to config.pbtxt for a model without one (other teams'
-models in a merged repository, for instance). So the default configs (what the local tritonserver and
-`make serve` load) are untouched, and a server started with
+version and config that were exported. Triton picks `<model>/configs/<name>.pbtxt` over
+`<model>/config.pbtxt` when it is started with `--model-config-name=<name>`, and falls back to
+config.pbtxt for a model without one (other teams' models in a merged repository, for instance). So the
+default configs (what the local tritonserver and `make serve` load) are untouched, and a server started with
 
     tritonserver --model-config-name=shared_gpu --rate-limit=execution_count \\
         --rate-limit-resource=gpu_compute:2 ...
@@ -121,39 +123,43 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
-def render(model: str, repository: Path) -> str:
-    base = read_config(repository / model / "config.pbtxt")
+def render(model: str, repository: Path, model_prefix: str = "") -> str:
+    base = read_config(repository / f"{model_prefix}{model}" / "config.pbtxt")
     return HEADER + text_format.MessageToString(shared_gpu_config(base, SETTINGS[model]))
 
 
-def target(model: str, repository: Path) -> Path:
-    return repository / model / "configs" / f"{CONFIG_NAME}.pbtxt"
+def target(model: str, repository: Path, model_prefix: str = "") -> Path:
+    return repository / f"{model_prefix}{model}" / "configs" / f"{CONFIG_NAME}.pbtxt"
 
 
-def write_all(repository: Path) -> list[Path]:
-    """Write the variant of every model of ours that `repository` holds; raises when it holds none."""
+def write_all(repository: Path, model_prefix: str = "") -> list[Path]:
+    """Write the variant of every model of ours that `repository` holds (in folders `<model_prefix><model>`);
+    raises when it holds none."""
     written = []
     for model in SETTINGS:
-        if not (repository / model / "config.pbtxt").is_file():
+        if not (repository / f"{model_prefix}{model}" / "config.pbtxt").is_file():
             continue
-        path = target(model, repository)
+        path = target(model, repository, model_prefix)
         path.parent.mkdir(exist_ok=True)
-        path.write_text(render(model, repository))
+        path.write_text(render(model, repository, model_prefix))
         written.append(path)
     if not written:
-        raise FileNotFoundError(f"{repository} holds none of the models {sorted(SETTINGS)}")
+        names = sorted(f"{model_prefix}{model}" for model in SETTINGS)
+        raise FileNotFoundError(f"{repository} holds none of the models {names} (is --model-prefix the export's?)")
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("repository", type=Path, help="an exported model repository (python -m export --output)")
+    parser.add_argument("--model-prefix", default="", metavar="PREFIX",
+                        help="the --model-prefix the repository was exported with (default: none)")
     args = parser.parse_args(argv)
     if args.repository.resolve() == COMMITTED_REPOSITORY.resolve():
         print("write into an exported repository, not the committed model_repository/", file=sys.stderr)
         return 2
     try:
-        paths = write_all(args.repository)
+        paths = write_all(args.repository, args.model_prefix)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

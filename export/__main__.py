@@ -3,6 +3,7 @@
     python -m export demo                                   # the embedded tiny preset
     python -m export demo-2.5 --output DIR                  # the tiny IndexTTS-2.5 preset
     python -m export /path/to/IndexTTS-2 --w2v-bert DIR ... # an official checkpoint directory (2.0 or 2.5)
+    python -m export demo --output DIR --model-prefix tts_  # models served as tts_vocoder, ...
 
 The version (IndexTTS-2.0 or 2.5) is read from the checkpoint directory (`detect_version`). A 2.5
 repository needs --output: the committed model_repository/ holds the 2.0 configs.
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp16", action="store_true", help="run the ONNX models in float16 (for GPU serving)")
     parser.add_argument("--device", default="cpu", help="device for tracing and verification (cpu, cuda)")
     parser.add_argument("--only", nargs="+", metavar="MODEL", help="export only these ONNX stages")
+    parser.add_argument("--model-prefix", default="", metavar="PREFIX",
+                        help="serve every model as PREFIX<name> (folder and config name), for a Triton repository "
+                             "shared with other models; the orchestrator needs TRITON_MODEL_PREFIX=PREFIX "
+                             "(letters, digits, '_', '.', '-'; default: none)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="indextts2-demo-") as scratch:
@@ -50,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.checkpoint, w2v_bert_dir=args.w2v_bert, semantic_codec=args.semantic_codec,
                     campplus=args.campplus, bigvgan_dir=args.bigvgan,
                 )
-            result = export_repository(paths, args.output, fp16=args.fp16, device=args.device, only=args.only)
+            result = export_repository(paths, args.output, fp16=args.fp16, device=args.device, only=args.only,
+                                       model_prefix=args.model_prefix)
         except (CheckpointError, ExportVerificationError, ValueError) as error:
             print(f"export failed: {error}", file=sys.stderr)
             return 1

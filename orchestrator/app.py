@@ -102,7 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = (settings or Settings.from_env()).validate()
     assets = ModelAssets.load(settings.checkpoint_dir)
     metrics = ServiceMetrics()
-    triton = TritonStages(settings.triton_grpc_url, metrics, settings.triton_timeout_s, settings.gpt_stream_timeout_s)
+    triton = TritonStages(settings.triton_grpc_url, metrics, settings.triton_timeout_s, settings.gpt_stream_timeout_s,
+                          settings.triton_model_prefix)
     model_versions, served_on = triton.probe()
     release = settings.sentry_release or release_name(model_versions, assets.version)
     sentry_enabled = init_sentry(settings, release)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from indextts2 import defaults
+from indextts2.model_names import check_model_prefix
 from orchestrator.chunking import parse_chunk_codes
 
 STREAM_MODES = ("chunk", "segment")
@@ -34,6 +35,9 @@ class Settings:
     # front-end), feat1.pt and feat2.pt (the emotion bank for emotion vectors).
     checkpoint_dir: Path = Path("checkpoints/IndexTTS-2")
     triton_grpc_url: str = "127.0.0.1:8001"
+    # Triton serves our models as <prefix><name> (`python -m export --model-prefix`), so that our repository
+    # can be merged into one holding other models. Metrics, Sentry events and /readyz keep the plain names.
+    triton_model_prefix: str = ""
     voices_dir: Path = Path("voices")  # registered voices: one audio file per voice + index.json
 
     # --- HTTP server (python -m orchestrator) ------------------------------------------------------
@@ -134,6 +138,10 @@ class Settings:
             problems.append(f"STREAM_PROMPT_SECONDS must be 0 or more, got {self.stream_prompt_seconds}")
         if self.stream_first_segment_tokens < 0:
             problems.append(f"STREAM_FIRST_SEGMENT_TOKENS must be at least 0, got {self.stream_first_segment_tokens}")
+        try:
+            check_model_prefix(self.triton_model_prefix)
+        except ValueError as error:
+            problems.append(f"TRITON_MODEL_PREFIX: {error}")
         if problems:
             raise SettingsError("; ".join(problems))
         return self

@@ -5,6 +5,11 @@ Every call is one stage: a Sentry span, a latency observation, and on failure on
 (`sentry-trace`, `baggage`) travel to Triton as request parameters, so the Python models can continue
 the trace.
 
+Models go by their logical names here (`vocoder`) and everywhere the service reports them (metrics,
+Sentry tags, /readyz, an error's `stage` and `model`), so dashboards and alerts do not depend on the
+deployment. Triton serves them as `<model_prefix><name>` (TRITON_MODEL_PREFIX, indextts2/model_names.py):
+every name sent to Triton goes through `served_name`, every name read from it through `_logical_name`.
+
 How Triton failures map (measured against the local tritonserver 2.51):
 - gRPC UNAVAILABLE (connection refused, server gone)      -> TritonUnavailableError, 503
 - gRPC NOT_FOUND, or a stream error saying "unknown model" / "has no available versions" (not loaded)
@@ -33,6 +38,7 @@ from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.grpc import aio as grpcaio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from indextts2.model_names import check_model_prefix
 from orchestrator.errors import (
     ModelError,
     ModelOutOfMemoryError,
@@ -137,8 +143,10 @@ def _status_name(error: BaseException) -> str | None:
 
 
 class TritonStages:
-    def __init__(self, url: str, metrics: ServiceMetrics, timeout_s: float, stream_timeout_s: float) -> None:
+    def __init__(self, url: str, metrics: ServiceMetrics, timeout_s: float, stream_timeout_s: float,
+                 model_prefix: str = "") -> None:
         self.url = url
+        self.model_prefix = check_model_prefix(model_prefix)
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.stream_timeout_s = stream_timeout_s
@@ -146,6 +154,27 @@ class TritonStages:
         self.in_flight: Counter[str] = Counter()
         self._client: grpcaio.InferenceServerClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    # --- model names -----------------------------------------------------------------------------
+
+    def served_name(self, model: str) -> str:
+        """The name Triton serves our model `model` under."""
+        return self.model_prefix + model
+
+    def _logical_name(self, served: str) -> str | None:
+        """Our name for the Triton model `served`; None for a model without our prefix (another team's,
+        or an unprefixed copy of ours that this service must not use)."""
+        return served.removeprefix(self.model_prefix) if served.startswith(self.model_prefix) else None
+
+    def _record_versions(self, index: dict) -> list[str]:
+        """Note the version of each of our ready models in a repository index; their logical names."""
+        ready = []
+        for entry in index.get("models", []):
+            name = self._logical_name(entry.get("name", ""))
+            if name is not None and entry.get("state") == "READY":
+                self.model_versions[name] = entry.get("version") or "unknown"
+                ready.append(name)
+        return ready
 
     # --- the client ------------------------------------------------------------------------------
 
@@ -170,14 +199,12 @@ class TritonStages:
         try:
             client = grpcclient.InferenceServerClient(self.url)
             index = client.get_model_repository_index(as_json=True, client_timeout=timeout_s)
-            ready = [entry for entry in index.get("models", []) if entry.get("state") == "READY"]
-            for entry in ready:
-                self.model_versions[entry["name"]] = entry.get("version") or "unknown"
+            names = self._record_versions(index)
             device = ""
-            names = [entry["name"] for entry in ready]
             for name in [GPT_DECODER, *names]:
                 if name in names:
-                    config = client.get_model_config(name, as_json=True, client_timeout=timeout_s)["config"]
+                    config = client.get_model_config(self.served_name(name), as_json=True,
+                                                     client_timeout=timeout_s)["config"]
                     kinds = {group.get("kind") for group in config.get("instance_group", [])}
                     device = "gpu" if "KIND_GPU" in kinds else "cpu"
                     break
@@ -198,7 +225,8 @@ class TritonStages:
         if status == "StatusCode.UNAVAILABLE":
             return TritonUnavailableError(f"Triton at {self.url} is unreachable ({upstream})", **context)
         if status == "StatusCode.NOT_FOUND" or (status is None and _NOT_AVAILABLE.search(upstream)):
-            return ModelUnavailableError(f"model {model} is not available on Triton ({upstream})", **context)
+            served = self.served_name(model)  # the name to load or fix on Triton
+            return ModelUnavailableError(f"model {served} is not available on Triton ({upstream})", **context)
         if not isinstance(error, InferenceServerException | grpc.aio.AioRpcError):
             return ServiceBugError(f"the {stage} stage failed in the orchestrator: {type(error).__name__}", **context)
         said = upstream.lower().removeprefix(f"{model}:").strip()
@@ -285,9 +313,10 @@ class TritonStages:
         try:
             with sentry_sdk.start_span(op="triton.infer", name=model) as span:
                 span.set_data("model", model)
+                span.set_data("triton_model", self.served_name(model))
                 try:
                     result = await self.client.infer(
-                        model, self._tensors({**inputs, **self._deadline_input(model, time_left)}),
+                        self.served_name(model), self._tensors({**inputs, **self._deadline_input(model, time_left)}),
                         outputs=[grpcclient.InferRequestedOutput(name) for name in outputs],
                         client_timeout=time_left, parameters=self._trace_parameters() or None,
                     )
@@ -320,6 +349,12 @@ class TritonStages:
             model_version=last.model_version,
         )
 
+    def _decode_request(self, inputs: dict[str, np.ndarray], time_left_s: float) -> dict:
+        """The one request of a gpt_decoder stream, as `stream_infer` takes it."""
+        return {"model_name": self.served_name(GPT_DECODER),
+                "inputs": self._tensors({**inputs, **self._deadline_input(GPT_DECODER, time_left_s)}),
+                "parameters": self._trace_parameters() or None}
+
     async def decode_stream(self, inputs: dict[str, np.ndarray], latent_dim: int) -> AsyncIterator[CodeChunk]:
         """One text segment through the decoupled gpt_decoder: its codes as the model streams them (every
         `stream_every` codes), the last chunk carrying `finish_reason`. Leaving early (the HTTP client went
@@ -334,8 +369,8 @@ class TritonStages:
         try:
             with sentry_sdk.start_span(op="triton.stream_infer", name=model) as span:
                 span.set_data("model", model)
-                request = {"model_name": model, "inputs": self._tensors({**inputs, **self._deadline_input(model, time_left)}),
-                           "parameters": self._trace_parameters() or None}
+                span.set_data("triton_model", self.served_name(model))
+                request = self._decode_request(inputs, time_left)
 
                 async def requests() -> AsyncIterator[dict]:
                     yield request
@@ -397,16 +432,13 @@ class TritonStages:
 
         async def ready(name: str) -> bool:
             try:
-                return await self.client.is_model_ready(name, client_timeout=timeout_s)
+                return await self.client.is_model_ready(self.served_name(name), client_timeout=timeout_s)
             except InferenceServerException:
                 return False
 
         states = await asyncio.gather(*(ready(name) for name in models))
         try:
-            index = await self.client.get_model_repository_index(as_json=True, client_timeout=timeout_s)
-            for entry in index.get("models", []):
-                if entry.get("state") == "READY" and entry.get("version"):
-                    self.model_versions[entry["name"]] = entry["version"]
+            self._record_versions(await self.client.get_model_repository_index(as_json=True, client_timeout=timeout_s))
         except InferenceServerException:
             pass
         return Readiness(live=live, models=dict(zip(models, states, strict=False)))

@@ -560,6 +560,24 @@ def test_shared_gpu_configs_change_only_rate_limiter_memory_and_slots(version, t
         assert variant == base, model
 
 
+def test_shared_gpu_configs_of_a_prefixed_repository_go_to_the_prefixed_models(tmp_path):
+    """A repository exported with --model-prefix: the script given the same prefix writes each variant
+    into the prefixed folder, under the prefixed name; without it, it finds none of our models."""
+    from export.repository import rename_model_config
+
+    for model in shared_gpu.SETTINGS:
+        (tmp_path / f"tts_{model}").mkdir()
+        config = (shared_gpu.COMMITTED_REPOSITORY / model / "config.pbtxt").read_text()
+        (tmp_path / f"tts_{model}" / "config.pbtxt").write_text(rename_model_config(config, model, f"tts_{model}"))
+    with pytest.raises(FileNotFoundError, match="none of the models"):
+        shared_gpu.write_all(tmp_path)
+    assert shared_gpu.main([str(tmp_path), "--model-prefix", "tts_"]) == 0
+    for model in shared_gpu.SETTINGS:
+        variant = shared_gpu.read_config(tmp_path / f"tts_{model}" / "configs" / f"{shared_gpu.CONFIG_NAME}.pbtxt")
+        assert variant.name == f"tts_{model}"
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f"tts_{model}" for model in shared_gpu.SETTINGS)
+
+
 def test_shared_gpu_script_refuses_the_committed_repository():
     assert shared_gpu.main([str(shared_gpu.COMMITTED_REPOSITORY)]) == 2
     assert not list(shared_gpu.COMMITTED_REPOSITORY.glob("*/configs"))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from export.onnx_export import ExportVerificationError, OnnxStage, export_stage
-from export.repository import export_repository
+from export.repository import COMMITTED_REPOSITORY, CONFIG_2_5, export_repository, rename_model_config
 from export.stages import build_onnx_stages
 from indextts2.checkpoint_dir import load_networks
 
@@ -90,6 +90,52 @@ def test_only_selects_stages_and_unknown_names_are_refused(tmp_path, demo_checkp
     assert [report.name for report in result.stages] == ["semantic_codec"]
     with pytest.raises(ValueError, match="unknown stage"):
         export_repository(demo_checkpoint, tmp_path / "repo2", only=["no_such_model"], progress=lambda _: None)
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.5"])
+def test_a_prefixed_export_names_every_model_folder_and_config_with_the_prefix(version, request, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    checkpoint = request.getfixturevalue("demo_checkpoint" if version == "2.0" else "demo_checkpoint_2_5")
+    result = export_repository(checkpoint, tmp_path / "repo", only=["semantic_codec"], progress=lambda _: None,
+                               model_prefix="tts_")
+    repository = result.repository
+    models = sorted(path.name for path in COMMITTED_REPOSITORY.iterdir() if (path / "config.pbtxt").is_file())
+    assert len(models) == 10
+    assert sorted(path.name for path in repository.iterdir()) == [f"tts_{model}" for model in models]
+    for model in models:
+        written = (repository / f"tts_{model}" / "config.pbtxt").read_text()
+        assert text_format.Parse(written, model_config_pb2.ModelConfig()).name == f"tts_{model}"
+        committed = COMMITTED_REPOSITORY / model / CONFIG_2_5
+        if version == "2.0" or not committed.is_file():
+            committed = COMMITTED_REPOSITORY / model / "config.pbtxt"
+        # The version's committed config, with only its name changed.
+        assert written == rename_model_config(committed.read_text(), model, f"tts_{model}")
+    assert (repository / "tts_semantic_codec" / "1" / "model.onnx").is_file()
+    for model in ("gpt_decoder", "s2mel"):
+        assert (repository / f"tts_{model}" / "1" / "model.py").is_file()
+        assert (repository / f"tts_{model}" / "1" / "weights" / "config.yaml").is_file()
+
+
+def test_a_served_name_gives_the_prefix_s2mel_calls_its_estimator_with():
+    from indextts2.model_names import prefix_of
+
+    assert prefix_of("s2mel", "s2mel") == ""
+    assert prefix_of("tts_s2mel", "s2mel") == "tts_"
+    assert prefix_of("s2mel_bls", "s2mel") == ""  # the tests' copy keeps calling s2mel_estimator
+    assert prefix_of("team.s2mel_tts_s2mel", "s2mel") == "team.s2mel_tts_"
+    with pytest.raises(ValueError, match="is not <prefix>s2mel"):
+        prefix_of("mel_model", "s2mel")
+
+
+def test_a_bad_model_prefix_and_a_prefix_into_the_committed_repository_are_refused(demo_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="model prefix 'tts/'"):
+        export_repository(demo_checkpoint, tmp_path / "repo", model_prefix="tts/", progress=lambda _: None)
+    assert not (tmp_path / "repo").exists()
+    with pytest.raises(ValueError, match="with a model prefix cannot be written into"):
+        export_repository(demo_checkpoint, COMMITTED_REPOSITORY, model_prefix="tts_", progress=lambda _: None)
+    assert not list(COMMITTED_REPOSITORY.glob("tts_*"))
 
 
 def test_cli_reports_a_missing_checkpoint_clearly(tmp_path):

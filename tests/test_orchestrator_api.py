@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from local_triton import find_free_port
 from orchestrator.app import create_app
-from orchestrator.errors import ModelError, ModelOutOfMemoryError, ModelOverloadedError
+from orchestrator.errors import ModelError, ModelOutOfMemoryError, ModelOverloadedError, ModelUnavailableError
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.reporting import Reporter, scrub_event
 from orchestrator.responses import audio_response, sse_audio_response
@@ -363,6 +363,50 @@ def test_settings_from_env_parse_and_name_bad_values(tmp_path):
         Settings.from_env({"MAX_TEXT_CHARS": "many"})
     with pytest.raises(SettingsError, match="SENTRY_TRACES_SAMPLE_RATE"):
         Settings.from_env({"SENTRY_TRACES_SAMPLE_RATE": "2"})
+
+
+def test_settings_triton_model_prefix_is_read_and_refused_when_not_a_name_part():
+    assert Settings.from_env({}).triton_model_prefix == ""
+    assert Settings.from_env({"TRITON_MODEL_PREFIX": "team-a.tts_"}).triton_model_prefix == "team-a.tts_"
+    for bad in ("tts/", "a b_", "tts:", "tts\u00e9_"):
+        with pytest.raises(SettingsError, match="TRITON_MODEL_PREFIX"):
+            Settings.from_env({"TRITON_MODEL_PREFIX": bad})
+        with pytest.raises(SettingsError, match="TRITON_MODEL_PREFIX"):
+            Settings(triton_model_prefix=bad).validate()
+
+
+def test_triton_stages_send_prefixed_model_names_and_report_the_plain_ones():
+    stages = TritonStages("127.0.0.1:1", ServiceMetrics(), 1.0, 1.0, model_prefix="tts_")
+    assert stages.served_name("vocoder") == "tts_vocoder"
+    request = stages._decode_request({"text_tokens": np.zeros(4, dtype=np.int64)}, time_left_s=5.0)
+    assert request["model_name"] == "tts_gpt_decoder"
+    assert [tensor.name() for tensor in request["inputs"]] == ["text_tokens", "deadline_unix_ms"]
+    # The index of a merged repository: ours under the prefix, an unprefixed copy of one of ours (another
+    # version) and another team's model. Only ours count, under their plain names.
+    index = {"models": [
+        {"name": "tts_vocoder", "version": "1", "state": "READY"},
+        {"name": "vocoder", "version": "7", "state": "READY"},
+        {"name": "other_team_scorer", "version": "3", "state": "READY"},
+        {"name": "tts_s2mel", "version": "1", "state": "UNAVAILABLE"},
+    ]}
+    assert stages._record_versions(index) == ["vocoder"]
+    assert stages.model_versions == {"vocoder": "1"}
+    error = stages.stage_error("vocoder", "vocoder", InferenceServerException(
+        "Request for unknown model: 'tts_vocoder' is not found", status="StatusCode.NOT_FOUND"))
+    assert isinstance(error, ModelUnavailableError)
+    assert (error.stage, error.model, error.model_version) == ("vocoder", "vocoder", "1")
+    assert "model tts_vocoder is not available" in str(error)
+    with pytest.raises(ValueError, match="model prefix"):
+        TritonStages("127.0.0.1:1", ServiceMetrics(), 1.0, 1.0, model_prefix="tts/")
+
+
+def test_triton_stages_without_a_prefix_send_the_plain_names():
+    stages = TritonStages("127.0.0.1:1", ServiceMetrics(), 1.0, 1.0)
+    assert stages.served_name("vocoder") == "vocoder"
+    assert stages._decode_request({}, time_left_s=5.0)["model_name"] == "gpt_decoder"
+    index = {"models": [{"name": "vocoder", "version": "2", "state": "READY"},
+                        {"name": "other_team_scorer", "version": "3", "state": "READY"}]}
+    assert stages._record_versions(index) == ["vocoder", "other_team_scorer"]
 
 
 def test_streaming_wav_header_then_pcm_pieces_read_as_one_wav():

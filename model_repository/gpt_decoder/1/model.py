@@ -44,6 +44,7 @@ from indextts2.engine import (
 from indextts2.engine.cpu_threads import set_torch_threads
 from indextts2.engine.device import OUT_OF_MEMORY, out_of_memory_tags, use_instance_device
 from indextts2.engine.telemetry import ModelTelemetry
+from indextts2.model_names import prefix_of
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,10 @@ class TritonPythonModel:
         )
         # Test hook, never in a served config: the next N decode attempts fail as out of memory.
         self.engine.out_of_memory_injection.arm(int(_parameter(config, "inject_oom_steps", "0")))
-        self.telemetry = ModelTelemetry(args["model_name"], args["model_version"], device)
+        # Sentry events name the model without the prefix of our served names (`python -m export
+        # --model-prefix`), as the orchestrator's do, so alerts on the stage hold with or without one.
+        model_prefix = prefix_of(args["model_name"], "gpt_decoder")
+        self.telemetry = ModelTelemetry(args["model_name"].removeprefix(model_prefix), args["model_version"], device)
         self.default_max_codes = min(defaults.MAX_CODES, self.engine.model.max_mel_tokens - 1)
         # Held while a request is submitted and registered, so its first event never finds it missing.
         self._lock = threading.Lock()

@@ -38,6 +38,7 @@ from indextts2.engine.s2mel_batch import (
     s2mel_autocast_dtype,
 )
 from indextts2.engine.telemetry import ModelTelemetry
+from indextts2.model_names import prefix_of
 from indextts2.networks.codec_2_5 import CODEC_FILE as CODEC_2_5_FILE
 from indextts2.networks.codec_2_5 import load_codec_2_5
 from indextts2.networks.s2mel import load_s2mel
@@ -87,6 +88,12 @@ class TritonPythonModel:
         self.estimator = _parameter(config, "estimator", "torch")
         if self.estimator not in ("torch", "triton"):
             raise ValueError(f"s2mel: parameter estimator must be 'torch' or 'triton', not {self.estimator!r}")
+        # The prefix of our served names (`python -m export --model-prefix`), read from this model's own:
+        # its estimator is served under the same one (tts_s2mel calls tts_s2mel_estimator; s2mel and the
+        # tests' copy s2mel_bls call s2mel_estimator), and its Sentry events name it without the prefix, as
+        # the orchestrator's do, so alerts on the stage hold with or without one.
+        model_prefix = prefix_of(args["model_name"], "s2mel")
+        self.estimator_model = model_prefix + "s2mel_estimator"
         autocast_dtype = s2mel_autocast_dtype(_parameter(config, "precision", "float32"), device)
         if autocast_dtype is not None and self.estimator == "triton":
             raise ValueError("s2mel: parameter precision is for the in-process DiT (estimator torch); the served "
@@ -106,7 +113,7 @@ class TritonPythonModel:
         self.batcher = S2MelBatcher(s2mel, codec, device, autocast_dtype)
         # Test hook, never in a served config: the next N batch runs fail as out of memory.
         self.batcher.out_of_memory_injection.arm(int(_parameter(config, "inject_oom_steps", "0")))
-        self.telemetry = ModelTelemetry(args["model_name"], args["model_version"], device)
+        self.telemetry = ModelTelemetry(args["model_name"].removeprefix(model_prefix), args["model_version"], device)
         # The batch limits are per device kind: see config.pbtxt for the measurements behind them.
         budget_key = "frame_budget_gpu" if torch.device(device).type == "cuda" else "frame_budget_cpu"
         self.frame_budget = int(_parameter(config, budget_key, "0"))
@@ -261,7 +268,7 @@ class TritonPythonModel:
         ), deadline_s
 
     def _served_velocity(self, x, prompt_x, x_lens, t, style, mu) -> torch.Tensor:
-        """The DiT as served by `s2mel_estimator` (BLS): on a GPU that model runs under TensorRT."""
+        """The DiT as served by `<prefix>s2mel_estimator` (BLS): on a GPU that model runs under TensorRT."""
         inputs = {
             "noisy_mel": x, "prompt_mel": prompt_x, "mel_lengths": x_lens[:, None], "timestep": t[:, None],
             "speaker_style": style, "mel_condition": mu,
@@ -271,9 +278,9 @@ class TritonPythonModel:
             for name, value in inputs.items()
         ]
         response = pb_utils.InferenceRequest(
-            model_name="s2mel_estimator", requested_output_names=["velocity"], inputs=tensors
+            model_name=self.estimator_model, requested_output_names=["velocity"], inputs=tensors
         ).exec()
         if response.has_error():
-            raise RuntimeError(f"s2mel_estimator: {response.error().message()}")
+            raise RuntimeError(f"{self.estimator_model}: {response.error().message()}")
         velocity = pb_utils.get_output_tensor_by_name(response, "velocity").as_numpy()
         return torch.from_numpy(velocity).to(x.device, x.dtype)
