@@ -1,27 +1,35 @@
 """The eager baseline behind the orchestrator's HTTP API: the same networks and weights, run the way the
-official `infer_v2` runs them.
+official `infer_v2` (or, for IndexTTS-2.5, `infer_v2_5`) runs them.
 
     .venv/bin/python -m benchmarks.eager_server --checkpoint build/bench/demo/checkpoint --port 8100
 
+The checkpoint directory's version (`indextts2.checkpoint_dir.detect_version`) picks the pipeline:
+IndexTTS-2.0 runs `indextts2.pipeline.EagerPipeline` (as `infer_v2`), IndexTTS-2.5 runs
+`indextts2.pipeline_2_5.EagerPipeline25` (as `infer_v2_5`). Everything below holds for both, except
+where a version is named.
+
 - One request at a time: a lock around the whole synthesis (the official `IndexTTS2` object keeps its
   prompt caches as instance state, and its web UI queues requests and runs them one by one).
-- Every stage in sequence, in PyTorch, in this process (`indextts2.pipeline.EagerPipeline`): features,
-  w2v-BERT, codec, CAMPPlus, conditioners, then per text segment the GPT (plain KV-cached loop, batch 1,
-  no cross-request batching), the official second teacher-forced GPT pass for the s2mel latents,
-  s2mel (flow matching with CFG) and BigVGAN.
+- Every stage in sequence, in PyTorch, in this process: features, w2v-BERT, codec, CAMPPlus,
+  conditioners, then per text segment the GPT (plain KV-cached loop, batch 1, no cross-request
+  batching), for IndexTTS-2.0 the official second teacher-forced GPT pass for the s2mel latents (2.5
+  has no GPT latent: its codes go through the EnhancedCodec instead), s2mel (flow matching with CFG)
+  and BigVGAN.
 - No conditioning cache across requests (the official one keeps only the last prompt; the benchmark
   sends a new voice with every request anyway).
 - No admission control: requests queue for the lock however many there are. A request whose client has
   gone (it gave up waiting) by the time its turn comes is dropped rather than run, as a web UI's queue
   drops a closed page's job; one that is running when its client leaves stops at the end of its segment.
   `/healthz` says how many requests are in the service (`in_flight`), so a benchmark can wait for a
-  backlog to drain before its next run.
+  backlog to drain before its next run, and which version it runs (`indextts_version`: "2.0" or "2.5").
 
 `POST /v1/tts` takes the multipart form of the orchestrator's route (`orchestrator.schemas.TtsForm`, same
 fields, limits and defaults) and answers the same way: a 22.05 kHz 16-bit mono WAV, or with
 `stream=true` a streaming WAV header then PCM per finished segment (infer_v2's `stream_return`), with the
 same `{"error": {...}}` bodies for refused requests. Registered voices (`voice`, `emotion_voice`) are
-not part of the baseline: 422.
+not part of the baseline: 422. `language`: IndexTTS-2.5 speaks the text in it ('auto' or none: detected
+as the orchestrator does); an IndexTTS-2.0 checkpoint takes only 'auto' or none (422, as the
+orchestrator answers).
 """
 
 from __future__ import annotations
@@ -42,12 +50,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from indextts2 import defaults
-from indextts2.checkpoint_dir import CheckpointPaths, load_networks
+from indextts2.checkpoint_dir import VERSION_2_5, CheckpointPaths, load_any_networks
 from indextts2.defaults import OUTPUT_SAMPLE_RATE
 from indextts2.frontend.audio import AudioDecodeError, decode_audio
 from indextts2.frontend.text import TextError
+from indextts2.frontend.text_2_5 import TextError25
 from indextts2.networks.gpt import SamplingConfig
 from indextts2.pipeline import OFFICIAL_SAMPLING, EagerPipeline
+from indextts2.pipeline_2_5 import EagerPipeline25
 from indextts2.rules import segment_silence
 from orchestrator.pipeline import MIN_REFERENCE_SECONDS
 from orchestrator.schemas import ErrorBody, ErrorResponse, TtsForm
@@ -71,11 +81,18 @@ def _error(status: int, error_type: str, message: str, field: str | None = None)
 class EagerService:
     def __init__(self, checkpoint_dir: Path, official_second_pass: bool = True, device: str = "cpu",
                  settings: Settings | None = None) -> None:
-        networks = load_networks(CheckpointPaths.from_model_dir(checkpoint_dir))
-        for network in (networks.semantic_encoder, networks.semantic_codec, networks.campplus, networks.gpt,
-                        networks.s2mel, networks.bigvgan):
+        paths = CheckpointPaths.from_model_dir(checkpoint_dir)
+        self.version = paths.version
+        networks = load_any_networks(paths)
+        if self.is_2_5:
+            codec = networks.codec
+            self.pipeline: EagerPipeline | EagerPipeline25 = EagerPipeline25(networks, device)
+        else:
+            codec = networks.semantic_codec
+            self.pipeline = EagerPipeline(networks, device)
+        for network in (networks.semantic_encoder, codec, networks.campplus, networks.gpt, networks.s2mel,
+                        networks.bigvgan):
             network.to(device)
-        self.pipeline = EagerPipeline(networks, device)
         self.official_second_pass = official_second_pass
         # The orchestrator's limits, so both services refuse the same requests.
         self.settings = settings or Settings()
@@ -84,6 +101,10 @@ class EagerService:
                                    int(networks.config["gpt"]["max_text_tokens"]))
         self.lock = asyncio.Lock()  # one request at a time, from its first stage to its last byte
         self.in_flight = 0  # requests in the service: running, or waiting for the lock
+
+    @property
+    def is_2_5(self) -> bool:
+        return self.version == VERSION_2_5
 
     async def reference(self, upload: UploadFile | None, field: str) -> tuple[np.ndarray, int] | None:
         if upload is None:
@@ -103,7 +124,7 @@ class EagerService:
         return samples, sample_rate
 
     def options(self, form: TtsForm) -> dict:
-        """The form -> `EagerPipeline.synthesize_segments` keyword arguments (the orchestrator's checks)."""
+        """The form -> the pipeline's `synthesize_segments` keyword arguments (the orchestrator's checks)."""
         if form.voice or form.emotion_voice:
             raise RefusedRequest(422, "invalid_request", "the eager baseline has no registered voices",
                                  "voice" if form.voice else "emotion_voice")
@@ -119,17 +140,27 @@ class EagerService:
         if form.min_codes is not None and form.min_codes > max_codes:
             raise RefusedRequest(422, "invalid_request", f"min_codes must be at most max_codes ({max_codes})",
                                  "min_codes")
+        if not self.is_2_5 and form.language not in (None, "auto"):
+            # The orchestrator's answer (SynthesisPipeline.language): 2.0's tokenizer has no languages.
+            raise RefusedRequest(422, "invalid_request", f"language {form.language!r}: this service runs "
+                                 "IndexTTS-2.0, whose tokenizer has no languages; send 'auto' or leave it out",
+                                 "language")
         sampling = SamplingConfig(**{
             **OFFICIAL_SAMPLING.__dict__, "do_sample": form.do_sample, "temperature": form.temperature,
             "top_k": form.top_k, "top_p": form.top_p, "repetition_penalty": form.repetition_penalty,
             "max_codes": max_codes, "min_codes": form.min_codes or 0,
         })
-        return {
+        options = {
             "emo_alpha": form.emo_alpha, "duration_ratio": form.duration_ratio, "sampling": sampling,
             "emo_weights": list(form.emotion_vector) if form.emotion_vector is not None else None,
             "diffusion_steps": form.diffusion_steps, "max_text_tokens_per_segment": self.max_text_tokens,
-            "official_second_pass": self.official_second_pass, "seed": form.seed, "cfg_rate": form.cfg_rate,
+            "seed": form.seed, "cfg_rate": form.cfg_rate,
         }
+        if self.is_2_5:
+            options["language"] = form.language or "auto"
+        else:
+            options["official_second_pass"] = self.official_second_pass
+        return options
 
     async def pieces(self, form: TtsForm, client_gone: Callable[[], Awaitable[bool]] | None = None,
                      ) -> AsyncIterator[np.ndarray]:
@@ -150,15 +181,17 @@ class EagerService:
         async with self.lock:
             if client_gone is not None and await client_gone():
                 return
+            emotion_samples, emotion_sample_rate = emotion or (None, None)
             segments = self.pipeline.synthesize_segments(
-                form.text, *speaker, *(emotion or (None, None)), **options
+                form.text, *speaker, emotion_samples=emotion_samples, emotion_sample_rate=emotion_sample_rate,
+                **options,
             )
             spoken = False
             while True:
                 try:
                     # The networks run off the event loop, so /healthz answers while a request runs.
                     piece = await asyncio.to_thread(next, segments, None)
-                except TextError:
+                except (TextError, TextError25):
                     raise RefusedRequest(422, "invalid_request", "text has nothing to speak after normalisation",
                                          "text") from None
                 if piece is None:
@@ -189,7 +222,7 @@ def create_eager_app(service: EagerService) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "in_flight": service.in_flight}
+        return {"status": "ok", "in_flight": service.in_flight, "indextts_version": service.version}
 
     @app.post("/v1/tts", response_class=Response)
     async def tts(request: Request, form: Annotated[TtsForm, Form(media_type="multipart/form-data")]) -> Response:
@@ -220,13 +253,15 @@ def create_eager_app(service: EagerService) -> FastAPI:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.eager_server", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="an IndexTTS-2 checkpoint directory")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="an IndexTTS-2.0 or 2.5 checkpoint directory (the version is read from it)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-second-pass", action="store_true",
-                        help="take the latents from the decoding pass instead of the official second GPT pass")
+                        help="IndexTTS-2.0: take the latents from the decoding pass instead of the official "
+                             "second GPT pass (2.5 has no GPT latent)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
