@@ -38,6 +38,10 @@ whole machine, so other jobs count too). The sum of isolated costs is the ceilin
 one stage at a time with the cores it gets: a stage that leaves cores idle in isolation can overlap
 another in the served pipeline, so a run can exceed this "ceiling" (a fraction over 1).
 Not counted: HTTP, multipart parsing, WAV encoding and gRPC in the orchestrator.
+
+Either model version: the captured calls are the ones the orchestrator makes for the checkpoint's version,
+so an IndexTTS-2.5 checkpoint (demo-2.5) is measured on its own stages (no `semantic_codec` call: its
+prompt condition is the length-regulated raw features, and `s2mel` decodes the codes in-process).
 """
 
 from __future__ import annotations

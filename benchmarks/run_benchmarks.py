@@ -3,9 +3,11 @@ requests: `make bench`.
 
     .venv/bin/python -m benchmarks.run_benchmarks                        # demo + small, c = 1, 4, 16, 64
     .venv/bin/python -m benchmarks.run_benchmarks --presets small --concurrency 1 8 --codes 100
+    .venv/bin/python -m benchmarks.run_benchmarks --presets demo-2.5 --concurrency 1 16      # IndexTTS-2.5
     .venv/bin/python -m benchmarks.run_benchmarks --checkpoint DIR --triton-grpc-url HOST:PORT   # a running Triton
 
-For each preset (`indextts2.presets`: random checkpoints in the official layout):
+For each preset (random checkpoints in the official layout: IndexTTS-2.0's of `indextts2.presets`, and
+`demo-2.5`, IndexTTS-2.5's of `indextts2.presets_2_5`; both services read the version from the checkpoint):
 1. writes the checkpoint and exports its model repository into build/bench/<preset>/ (reused while the
    sources are unchanged, as `make serve` does);
 2. starts, on loopback, the local tritonserver on that repository, the orchestrator (`python -m
@@ -98,11 +100,32 @@ def say(line: str) -> None:
 # --- building and serving ---------------------------------------------------------------------------
 
 
+DEMO_2_5_PRESET = "demo-2.5"  # the IndexTTS-2.5 preset (indextts2.presets_2_5); the others are 2.0's
+
+
+def preset_names() -> list[str]:
+    """Every preset the benchmark can build: indextts2.presets' (IndexTTS-2.0) and demo-2.5."""
+    from indextts2.presets import PRESETS
+
+    return [*PRESETS, DEMO_2_5_PRESET]
+
+
+def write_preset_checkpoint(preset: str, checkpoint: Path) -> Any:
+    """Write the checkpoint of `preset` (one of `preset_names()`) into `checkpoint`; its CheckpointPaths."""
+    from indextts2.presets import PRESETS, write_random_checkpoint
+    from indextts2.presets_2_5 import write_demo_checkpoint_2_5
+
+    if preset == DEMO_2_5_PRESET:
+        return write_demo_checkpoint_2_5(checkpoint)
+    paths, _ = write_random_checkpoint(checkpoint, PRESETS[preset])
+    return paths
+
+
 def build_preset(build_dir: Path, preset: str, fresh: bool, progress: Progress) -> tuple[Path, Path]:
     """(checkpoint_dir, model_repository) of a preset in build_dir/<preset>, reused when its stamp (the
-    sources `make serve` stamps, plus the preset's name) is unchanged."""
+    sources `make serve` stamps, plus the preset's name) is unchanged. The exporter reads the version
+    (2.0 or 2.5) from the checkpoint it is given."""
     from export.repository import export_repository
-    from indextts2.presets import PRESETS, write_random_checkpoint
     from orchestrator.demo import source_stamp
 
     root = build_dir / preset
@@ -116,7 +139,7 @@ def build_preset(build_dir: Path, preset: str, fresh: bool, progress: Progress) 
         shutil.rmtree(folder, ignore_errors=True)
     progress(f"{preset}: writing the checkpoint and exporting the model repository to {root} ...")
     started = time.perf_counter()
-    paths, _ = write_random_checkpoint(checkpoint, PRESETS[preset])
+    paths = write_preset_checkpoint(preset, checkpoint)
     export_repository(paths, repository, progress=lambda line: None)
     stamp_file.write_text(stamp)
     progress(f"{preset}: built in {time.perf_counter() - started:.0f} s")
@@ -406,11 +429,18 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def text_segments(checkpoint_dir: Path) -> dict[str, int]:
-    """How many segments each text of the request set makes with this checkpoint's BPE."""
+    """How many segments each text of the request set makes with this checkpoint's text front-end (2.0's
+    BPE; 2.5's tokenizer in the detected language, as the requests send no `language`)."""
     from orchestrator.assets import ModelAssets
 
     assets = ModelAssets.load(checkpoint_dir)
-    return {kind: len(assets.text_frontend.split_segments(text, assets.max_text_tokens)) for kind, text in TEXTS.items()}
+
+    def count(text: str) -> int:
+        if assets.is_2_5:
+            return len(assets.text_frontend.prepare(text, "auto", assets.max_text_tokens).segments)
+        return len(assets.text_frontend.split_segments(text, assets.max_text_tokens))
+
+    return {kind: count(text) for kind, text in TEXTS.items()}
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -452,8 +482,9 @@ def markdown(report: dict[str, Any]) -> str:
          f"onnxruntime backend), fastapi {hw.get('fastapi')}, uvicorn {hw.get('uvicorn')}."),
         "",
         ("- **eager**: `benchmarks/eager_server.py`, the official way: one request at a time, every stage in "
-         "sequence in PyTorch, GPT batch 1, the official second GPT pass for the latents; no admission control "
-         "(requests queue), a request whose client gave up is dropped when its turn comes."),
+         "sequence in PyTorch, GPT batch 1, the official second GPT pass for the latents (IndexTTS-2.0; 2.5 has "
+         "no GPT latent); no admission control (requests queue), a request whose client gave up is dropped when "
+         "its turn comes."),
         ("- **served**: the orchestrator (FastAPI) over gRPC to tritonserver: ONNX stages with dynamic batching, "
          "`gpt_decoder` with continuous batching, `s2mel` batched; conditioning computed per request; admission "
          "control (503 + Retry-After before the upload is read)."),
@@ -720,7 +751,8 @@ NOTES = [
     "",
     ("- No GPU in this run: both systems run on the same CPU cores, so batching can only save per-call "
      "overhead there, not fill an idle accelerator. GPU figures need a GPU host (same command)."),
-    ("- The weights are random (the presets of `indextts2/presets.py`): speech is noise, but every shape, "
+    ("- The weights are random (the presets of `indextts2/presets.py`, and `indextts2/presets_2_5.py` for "
+     "demo-2.5): speech is noise, but every shape, "
      "stage and call is the real one, and fixed code counts make the work per request identical."),
     ("- The machine is shared: the load average before and after each run is in the table; runs of the two "
      "systems alternate so that a busy period hurts both."),
@@ -735,7 +767,9 @@ NOTES = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run_benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["demo", "small"], help="presets of indextts2/presets.py")
+    parser.add_argument("--presets", nargs="+", default=["demo", "small"], choices=preset_names(),
+                        help="presets of indextts2/presets.py (IndexTTS-2.0) and demo-2.5 (IndexTTS-2.5, "
+                             "indextts2/presets_2_5.py); with --checkpoint, the first is the report's label")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--systems", nargs="+", default=["eager", "served"], choices=SYSTEMS,
                         help="direct: the orchestrator's pipeline driven in this process, without HTTP")

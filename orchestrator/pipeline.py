@@ -174,6 +174,16 @@ async def gather_all(*coroutines: Coroutine[Any, Any, Any]) -> list[Any]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def refuse_language_for_2_0(requested: str | None) -> None:
+    """IndexTTS-2.0's tokenizer has no languages: anything but 'auto' (or none) is refused (the eager
+    baseline checks with this too)."""
+    if requested not in (None, "auto"):
+        raise InvalidRequestError(
+            f"language {requested!r}: this service runs IndexTTS-2.0, whose tokenizer has no languages; "
+            "send 'auto' or leave it out", field="language", limit="auto (IndexTTS-2.0)",
+        )
+
+
 def check_text_length(text: str, limit: int) -> None:
     """The API's text limits (the eager baseline checks with this too); never echoes the text."""
     if not text or not text.strip():
@@ -249,11 +259,7 @@ class SynthesisPipeline:
         """The language code the text is spoken in (IndexTTS-2.5: `requested`, or for 'auto'/None the
         front-end's detection); None for an IndexTTS-2.0 model, which refuses any other than 'auto'."""
         if not self.assets.is_2_5:
-            if requested not in (None, "auto"):
-                raise InvalidRequestError(
-                    f"language {requested!r}: this service runs IndexTTS-2.0, whose tokenizer has no languages; "
-                    "send 'auto' or leave it out", field="language", limit="auto (IndexTTS-2.0)",
-                )
+            refuse_language_for_2_0(requested)
             return None
         return detect_language(text) if requested in (None, "auto") else requested
 
