@@ -21,7 +21,7 @@ from typing import Any
 
 from indextts2 import defaults
 from indextts2.checkpoint import CheckpointError
-from indextts2.checkpoint_dir import TIKTOKEN_2_5_FILE, VERSION_2_5, detect_version
+from indextts2.checkpoint_version import TIKTOKEN_2_5_FILE, VERSION_2_5, detect_version
 from indextts2.config import load_config
 from indextts2.emotion import EmotionBank, load_emotion_bank
 from indextts2.frontend.audio import s2mel_mel_args
