@@ -173,9 +173,10 @@ def streaming_markdown(report: dict[str, Any]) -> str:
         "# Streaming: chunked vs by segment vs the eager baseline",
         "",
         f"`{report['command']}`, {report['started_utc']} to {report['finished_utc']}.",
-        (f"Hardware: {hw.get('cpu_model')} ({hw.get('cpu_count')} cores), no GPU. Controls: "
-        f"{report['controls']}. Chunk settings: the orchestrator's defaults (STREAM_CHUNK_CODES, "
-        f"STREAM_CONTEXT_CODES); segment streaming with STREAM_FIRST_SEGMENT_TOKENS at its default."),
+        (f"Hardware: {hw.get('cpu_model')} ({hw.get('cpu_cores')} cores), no GPU. Controls: "
+        f"{ {k: v for k, v in report['controls'].items() if k != 'stream_mode'} } (stream_mode per system). "
+        f"Chunk settings: the orchestrator's defaults (STREAM_CHUNK_CODES, STREAM_CONTEXT_CODES, "
+        f"STREAM_PROMPT_SECONDS); segment streaming with STREAM_FIRST_SEGMENT_TOKENS at its default (off)."),
         "",
     ]
     for preset, result in report["presets"].items():
