@@ -4,6 +4,7 @@ Runtime computes on the same files."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -100,7 +101,15 @@ def test_concurrent_requests_are_batched_by_the_dynamic_batcher(onnx_server):
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    after = stats_client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    # Triton counts an execution once it has ended, which can be a moment after its responses reached
+    # the clients: read the statistics until every request is counted (or 10 s have passed).
+    deadline = time.monotonic() + 10
+    while True:
+        after = stats_client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        counted = int(after["inference_count"]) - int(before.get("inference_count", 0))
+        if counted >= len(mels) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
 
     session = ort.InferenceSession(str(onnx_server.model_repository / model / "1" / "model.onnx"))
     for index, mel in enumerate(mels):
