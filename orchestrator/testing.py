@@ -110,3 +110,25 @@ def served_over_http(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def in_flight_after_waiting(url: str, timeout_s: float = 5.0) -> tuple[list[float], str]:
+    """The service's requests, gpt_decoder calls and s2mel calls in flight (its /metrics gauges), read until
+    all are 0 or `timeout_s` has passed; with the last /metrics text read."""
+    import re
+
+    import httpx
+
+    def gauge(metrics: str, name: str, labels: str = "") -> float:
+        match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", metrics, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = httpx.get(f"{url}/metrics", trust_env=False).text
+        in_flight = [gauge(metrics, "tts_requests_in_flight"),
+                     gauge(metrics, "tts_stage_in_flight", '{model="gpt_decoder"}'),
+                     gauge(metrics, "tts_stage_in_flight", '{model="s2mel"}')]
+        if in_flight == [0.0, 0.0, 0.0] or time.monotonic() > deadline:
+            return in_flight, metrics
+        time.sleep(0.1)

@@ -14,7 +14,7 @@ import sentry_sdk
 
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
-from orchestrator.testing import make_test_client, served_over_http, speech_like_wav
+from orchestrator.testing import in_flight_after_waiting, make_test_client, served_over_http, speech_like_wav
 
 VOICE_AUDIO = speech_like_wav(6.0, seed=41)
 # A request that runs for many seconds on 2 CPU cores: the most codes the demo GPT makes, 100 steps.
@@ -73,26 +73,13 @@ def test_a_budget_that_runs_out_in_s2mel_is_504_and_the_s2mel_call_ends_early(cl
         time.sleep(0.2)
 
 
-def _gauge(metrics: str, name: str, labels: str = "") -> float:
-    match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", metrics, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 def test_a_client_that_disconnects_cancels_its_request_and_frees_its_triton_calls(client):
     app = create_app(client.app.state.settings)
     with served_over_http(app) as url:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{url}/v1/tts", data=LONG, timeout=httpx.Timeout(1.5, connect=5))
-        deadline = time.monotonic() + 5
-        while True:
-            metrics = httpx.get(f"{url}/metrics").text
-            in_flight = [_gauge(metrics, "tts_requests_in_flight"),
-                         _gauge(metrics, "tts_stage_in_flight", '{model="gpt_decoder"}'),
-                         _gauge(metrics, "tts_stage_in_flight", '{model="s2mel"}')]
-            if in_flight == [0.0, 0.0, 0.0]:
-                break
-            assert time.monotonic() < deadline, f"still in flight after the client left: {in_flight}"
-            time.sleep(0.1)
+        in_flight, metrics = in_flight_after_waiting(url)
+        assert in_flight == [0.0, 0.0, 0.0], f"still in flight after the client left: {in_flight}"
         assert 'tts_http_requests_total{method="POST",route="/v1/tts",status="499"} 1.0' in metrics
         # The service serves the next request at once: the abandoned one left no work behind it.
         response = httpx.post(f"{url}/v1/tts", data={**LONG, "max_codes": "20", "min_codes": "0",

@@ -10,7 +10,6 @@ import base64
 import dataclasses
 import io
 import json
-import re
 import struct
 import time
 
@@ -23,7 +22,7 @@ from triton_models import model_reconfigured
 
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
-from orchestrator.testing import make_test_client, served_over_http, speech_like_wav
+from orchestrator.testing import in_flight_after_waiting, make_test_client, served_over_http, speech_like_wav
 
 VOICE_AUDIO = speech_like_wav(6.0, seed=51)
 TEXT = "Hello there, this is streamed."
@@ -159,11 +158,6 @@ def _sse_events(body: str) -> list[dict]:
     return [json.loads(block.removeprefix("data: ")) for block in blocks]
 
 
-def _gauge(metrics: str, name: str, labels: str = "") -> float:
-    match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", metrics, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 def test_a_client_that_leaves_mid_stream_frees_its_decoder_slot(settings_with_voice):
     # Many diffusion steps: the stream is slow, so the GPT is still decoding when the client leaves.
     with _served(settings_with_voice, stream_chunk_codes="20")[1] as url:
@@ -175,16 +169,8 @@ def test_a_client_that_leaves_mid_stream_frees_its_decoder_slot(settings_with_vo
                 got += len(data)
                 if got > 44:  # header and the first audio
                     break
-        deadline = time.monotonic() + 5
-        while True:
-            metrics = httpx.get(f"{url}/metrics").text
-            in_flight = [_gauge(metrics, "tts_requests_in_flight"),
-                         _gauge(metrics, "tts_stage_in_flight", '{model="gpt_decoder"}'),
-                         _gauge(metrics, "tts_stage_in_flight", '{model="s2mel"}')]
-            if in_flight == [0.0, 0.0, 0.0]:
-                break
-            assert time.monotonic() < deadline, f"still in flight after the client left: {in_flight}"
-            time.sleep(0.1)
+        in_flight, _ = in_flight_after_waiting(url)
+        assert in_flight == [0.0, 0.0, 0.0], f"still in flight after the client left: {in_flight}"
         # The next request is served at once: the abandoned one left no work behind it.
         response = _post_tts(url, max_codes="20", min_codes="0")
         assert response.status_code == 200
