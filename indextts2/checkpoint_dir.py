@@ -111,15 +111,19 @@ class IndexTTS2Networks:
     text_frontend: TextFrontend | None  # None where the checkpoint has no bpe.model
 
     def dims(self) -> dict[str, int]:
-        """The widths that connect the stages, read from the loaded networks."""
-        return {
-            "w2v_feature_dim": 160,
-            "semantic_dim": int(self.config["semantic_codec"]["hidden_size"]),
-            "gpt_dim": int(self.gpt.model_dim),
-            "mel_bands": int(self.config["s2mel"]["DiT"]["in_channels"]),
-            "style_dim": int(self.config["s2mel"]["style_encoder"]["dim"]),
-            "condition_dim": int(self.config["s2mel"]["length_regulator"]["channels"]),
-        }
+        return stage_dims(self.config, self.gpt)
+
+
+def stage_dims(config: dict[str, Any], gpt: Any) -> dict[str, int]:
+    """The widths that connect the stages, read from the config and the loaded GPT (2.0 or 2.5)."""
+    return {
+        "w2v_feature_dim": 160,
+        "semantic_dim": int(config["semantic_codec"]["hidden_size"]),
+        "gpt_dim": int(gpt.model_dim),
+        "mel_bands": int(config["s2mel"]["DiT"]["in_channels"]),
+        "style_dim": int(config["s2mel"]["style_encoder"]["dim"]),
+        "condition_dim": int(config["s2mel"]["length_regulator"]["channels"]),
+    }
 
 
 def load_networks(

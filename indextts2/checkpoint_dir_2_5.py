@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from indextts2.checkpoint import CheckpointError
-from indextts2.checkpoint_dir import VERSION_2_5, CheckpointPaths
+from indextts2.checkpoint_dir import VERSION_2_5, CheckpointPaths, stage_dims
 from indextts2.config import load_config
 from indextts2.emotion import EmotionBank, load_emotion_bank
 from indextts2.networks.bigvgan import BigVGAN, load_bigvgan
@@ -40,15 +40,7 @@ class IndexTTS25Networks:
     version: str = VERSION_2_5
 
     def dims(self) -> dict[str, int]:
-        """The widths that connect the stages, read from the loaded networks."""
-        return {
-            "w2v_feature_dim": 160,
-            "semantic_dim": int(self.config["semantic_codec"]["hidden_size"]),
-            "gpt_dim": int(self.gpt.model_dim),
-            "mel_bands": int(self.config["s2mel"]["DiT"]["in_channels"]),
-            "style_dim": int(self.config["s2mel"]["style_encoder"]["dim"]),
-            "condition_dim": int(self.config["s2mel"]["length_regulator"]["channels"]),
-        }
+        return stage_dims(self.config, self.gpt)
 
 
 def load_networks_2_5(

@@ -8,7 +8,7 @@ decoding pass itself (our GPT decodes at the trained positions, so the two are e
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,14 +199,19 @@ class EagerPipeline:
                    **options: Any) -> SynthesisResult:
         """Text + reference audio -> 22.05 kHz waveform, segments joined with 200 ms of silence.
         `options` are those of `synthesize_segments`."""
-        result = SynthesisResult(waveform=np.zeros(0, dtype=np.float32))
-        pieces: list[np.ndarray] = []
-        for waveform, codes, frames in self.synthesize_segments(text, speaker_samples, speaker_sample_rate, **options):
-            if waveform.size:
-                if pieces:
-                    pieces.append(segment_silence())
-                pieces.append(waveform)
-            result.codes.append(codes)
-            result.mel_frames.append(frames)
-        result.waveform = np.concatenate(pieces) if pieces else result.waveform
-        return result
+        return join_segments(self.synthesize_segments(text, speaker_samples, speaker_sample_rate, **options))
+
+
+def join_segments(segments: Iterable[tuple[np.ndarray, torch.Tensor, int]]) -> SynthesisResult:
+    """(waveform, codes, mel frames) per segment -> one result, the spoken segments joined with silence."""
+    result = SynthesisResult(waveform=np.zeros(0, dtype=np.float32))
+    pieces: list[np.ndarray] = []
+    for waveform, codes, frames in segments:
+        if waveform.size:
+            if pieces:
+                pieces.append(segment_silence())
+            pieces.append(waveform)
+        result.codes.append(codes)
+        result.mel_frames.append(frames)
+    result.waveform = np.concatenate(pieces) if pieces else result.waveform
+    return result

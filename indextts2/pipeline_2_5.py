@@ -34,8 +34,7 @@ from indextts2.frontend.audio import (
     seamless_m4t_features,
 )
 from indextts2.networks.gpt import SamplingConfig
-from indextts2.pipeline import OFFICIAL_SAMPLING, SynthesisResult
-from indextts2.rules import segment_silence
+from indextts2.pipeline import OFFICIAL_SAMPLING, SynthesisResult, join_segments
 
 
 def target_mel_frames_2_5(decoded_frames: int, duration_ratio: float = 1.0) -> int:
@@ -237,14 +236,4 @@ class EagerPipeline25:
     def synthesize(self, text: str, speaker_samples: np.ndarray, speaker_sample_rate: int,
                    **options: Any) -> SynthesisResult:
         """Text + reference audio -> 22.05 kHz waveform, segments joined with 200 ms of silence."""
-        result = SynthesisResult(waveform=np.zeros(0, dtype=np.float32))
-        pieces: list[np.ndarray] = []
-        for waveform, codes, frames in self.synthesize_segments(text, speaker_samples, speaker_sample_rate, **options):
-            if waveform.size:
-                if pieces:
-                    pieces.append(segment_silence())
-                pieces.append(waveform)
-            result.codes.append(codes)
-            result.mel_frames.append(frames)
-        result.waveform = np.concatenate(pieces) if pieces else result.waveform
-        return result
+        return join_segments(self.synthesize_segments(text, speaker_samples, speaker_sample_rate, **options))
