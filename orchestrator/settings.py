@@ -43,6 +43,11 @@ class Settings:
     # --- HTTP server (python -m orchestrator) ------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
+    # How long an idle keep-alive connection stays open. Longer than the idle timeout of what usually
+    # stands in front (load balancers close theirs after 60 s): a server that closes first races the
+    # client's next request on that connection, which then fails with a reset (uvicorn's default is 5 s,
+    # shorter than a client's usual wait on Retry-After).
+    http_keep_alive_s: int = 75
 
     # --- request limits ----------------------------------------------------------------------------
     max_upload_bytes: int = 20 * MIB  # per audio file
@@ -123,7 +128,7 @@ class Settings:
                 problems.append(f"{name.upper()} must be positive, got {getattr(self, name)}")
         for name in ("gpt_stream_every", "segment_concurrency", "conditioning_cache_size", "port",
                      "speech_diffusion_steps", "warning_events_per_minute", "max_text_segments",
-                     "max_in_flight_requests"):
+                     "max_in_flight_requests", "http_keep_alive_s"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.upper()} must be at least 1, got {getattr(self, name)}")
         if self.stream_mode not in STREAM_MODES:
