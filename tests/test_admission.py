@@ -43,16 +43,16 @@ def test_nothing_is_refused_before_the_work_is_measured_but_the_in_flight_cap():
     assert isinstance(refusal, Refusal) and refusal.reason == "in_flight_limit" and refusal.retry_after_s >= 1
 
 
-def test_a_request_that_cannot_finish_within_its_budget_is_refused_with_the_time_to_drain():
+def test_a_request_is_refused_at_the_door_when_the_work_ahead_is_over_its_share_of_the_budget():
     admission = Admission(max_in_flight=100)
     now = _measure(admission, 2.0, MIN_MEASURED)
     tickets = [admission.admit(1000, now=now) for _ in range(9)]  # 9 in flight: a 10th finishes after ~20 s
     assert all(isinstance(ticket, Ticket) for ticket in tickets)
     assert admission.expected_finish_s() == pytest.approx(20.0)
-    assert isinstance(admission.admit(20.0 / BUDGET_SHARE + 0.1, now=now), Ticket)  # fits: now 10 in flight
-    refusal = admission.admit(10.0, now=now)  # 11th: 22 s of work against 10 x BUDGET_SHARE s usable
+    assert isinstance(admission.admit(18.0 / BUDGET_SHARE, now=now), Ticket)  # 18 s ahead: fits, 10 in flight
+    refusal = admission.admit(10.0, now=now)  # 20 s of work ahead against 10 x BUDGET_SHARE s usable
     assert isinstance(refusal, Refusal) and refusal.reason == "deadline"
-    assert refusal.retry_after_s == math.ceil(22 - 10 * BUDGET_SHARE)
+    assert refusal.retry_after_s == math.ceil(20 - 10 * BUDGET_SHARE)
     assert admission.in_flight == 10
 
 
@@ -68,15 +68,30 @@ def test_work_is_counted_per_text_segment_and_checked_again_once_the_text_is_kno
     long_text = admission.admit(100, now=now)
     assert admission.resize(long_text, 10, 100) is None  # 10 segments: 20 s of a 100 s budget
     assert admission.expected_finish_s() == pytest.approx(22.0)  # one more segment waits behind those 10
-    # A one-segment request passes the door (11 segments, 22 s) but makes 20 segments once read: 30 x 2 s =
-    # 60 s, over BUDGET_SHARE of its 100 s.
+    # A request passes the door (20 s ahead, within BUDGET_SHARE of 100 s) but makes 50 segments once read:
+    # 60 x 2 s = 120 s, over its whole budget.
     ticket = admission.admit(100, now=now)
     assert isinstance(ticket, Ticket)
-    refusal = admission.resize(ticket, 20, 100)
+    refusal = admission.resize(ticket, 50, 100)
     assert isinstance(refusal, Refusal) and refusal.reason == "deadline"
-    assert refusal.retry_after_s == math.ceil(60 - 100 * BUDGET_SHARE)
+    assert refusal.retry_after_s == math.ceil(120 - 100)
     admission.release(ticket, succeeded=False, now=now)
     assert admission.in_flight == 1 and admission.in_flight_segments == 10
+
+
+def test_a_long_text_gets_in_whenever_a_short_one_does():
+    """The door looks at the work ahead only, and a text that can finish within its budget is kept once
+    segmented: under overload long texts are not starved by short ones (they were, when the door counted
+    the request's own segments against half the budget)."""
+    admission = Admission(max_in_flight=100)
+    now = _measure(admission, 2.0, MIN_MEASURED)
+    for _ in range(24):  # 48 s of work ahead, just within BUDGET_SHARE of a 100 s budget
+        assert isinstance(admission.admit(1e9, now=now), Ticket)
+    short, long = admission.admit(100, now=now), admission.admit(100, now=now)
+    assert isinstance(short, Ticket) and isinstance(long, Ticket)
+    assert admission.resize(short, 1, 100) is None
+    assert admission.resize(long, 3, 100) is None  # finishes after ~56 s: over half the budget, within it
+    assert isinstance(admission.admit(100, now=now), Refusal)  # 54 s ahead now: the door closes for both
 
 
 def test_failed_requests_do_not_teach_the_estimate():
@@ -141,14 +156,15 @@ def test_a_bad_request_timeout_header_is_422_naming_it(app):
 
 
 def test_a_text_too_long_for_the_queue_is_503_once_segmented_before_its_audio_is_decoded(app, monkeypatch):
-    """Admitted at the door as one segment, refused once its text makes three (10 s of measured work per
-    segment against half of a 30 s budget), with Retry-After, before the upload is decoded."""
+    """Admitted at the door (nothing ahead of it), refused once its text makes three segments (11 s of
+    measured work per segment: 33 s against its 30 s budget), with Retry-After, before the upload is
+    decoded."""
     from benchmarks.loadgen import TEXTS
     from orchestrator import pipeline
     from orchestrator.testing import make_test_client, speech_like_wav
 
     admission = app.state.admission
-    admission._recent_work.extend([10.0] * MIN_MEASURED)  # as if measured: 10 s per segment
+    admission._recent_work.extend([11.0] * MIN_MEASURED)  # as if measured: 11 s per segment
     decoded = []
     monkeypatch.setattr(pipeline, "decode_audio", lambda data: decoded.append(data))  # must not be reached
     with make_test_client(app) as client:
