@@ -13,22 +13,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_DIR = Path(os.environ.get("INDEXTTS2_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
 
 
+def _golden(name: str) -> Path:
+    """GOLDEN_DIR / name; skips the test when this clone has no such golden set."""
+    path = GOLDEN_DIR / name
+    if not (path / "GOLDEN.md").is_file():
+        pytest.skip(f"golden data not found at {path} (set INDEXTTS2_GOLDEN_DIR to the folder holding {name})")
+    return path
+
+
 @pytest.fixture(scope="session")
 def golden_tiny() -> Path:
     """The tiny official-layout checkpoint with its golden outputs; skips when this clone has none."""
-    path = GOLDEN_DIR / "indextts2-tiny"
-    if not (path / "GOLDEN.md").is_file():
-        pytest.skip(f"golden data not found at {path} (set INDEXTTS2_GOLDEN_DIR to the folder holding indextts2-tiny)")
-    return path
+    return _golden("indextts2-tiny")
 
 
 @pytest.fixture(scope="session")
 def golden_tiny_2_5() -> Path:
     """The tiny IndexTTS-2.5 checkpoint with the official code's outputs; skips when this clone has none."""
-    path = GOLDEN_DIR / "indextts2_5-tiny"
-    if not (path / "GOLDEN.md").is_file():
-        pytest.skip(f"golden data not found at {path} (set INDEXTTS2_GOLDEN_DIR to the folder holding indextts2_5-tiny)")
-    return path
+    return _golden("indextts2_5-tiny")
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +38,16 @@ def _deterministic_torch():
     torch.manual_seed(0)
     yield
 
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`). The
+    models of the tests are tiny: on shared busy cores, OpenMP hand-offs between two threads made each decode
+    step ~50x slower than one thread does."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -46,14 +58,18 @@ def demo_checkpoint(tmp_path_factory):
     return write_demo_checkpoint(tmp_path_factory.mktemp("demo_checkpoint"))
 
 
-@pytest.fixture(scope="session")
-def demo_repository(tmp_path_factory, demo_checkpoint):
-    """A complete model repository exported from the demo preset (ONNX verified at export)."""
+def _export(checkpoint, tmp_path_factory, name: str):
+    """A complete model repository exported from `checkpoint` into a new temporary folder `name` (ONNX
+    verified at export)."""
     from export.repository import export_repository
 
-    repository = tmp_path_factory.mktemp("demo_repository")
-    result = export_repository(demo_checkpoint, repository, progress=lambda line: None)
-    return result
+    return export_repository(checkpoint, tmp_path_factory.mktemp(name), progress=lambda line: None)
+
+
+@pytest.fixture(scope="session")
+def demo_repository(tmp_path_factory, demo_checkpoint):
+    """The demo preset's model repository."""
+    return _export(demo_checkpoint, tmp_path_factory, "demo_repository")
 
 
 # Test-only copies of two served models, loaded next to the real ones by the session's server:
@@ -94,7 +110,17 @@ SERVED_MODELS = [
 
 
 @pytest.fixture(scope="session")
-def triton_server(request, demo_repository, tmp_path_factory):
+def sentry_environment(request) -> dict[str, str]:
+    """SENTRY_DSN of the session's Bugsink, where one is installed (else nothing): the environment of servers
+    whose Python models report their exceptions there."""
+    try:
+        return {"SENTRY_DSN": request.getfixturevalue("bugsink_server").dsn}
+    except pytest.skip.Exception:
+        return {}
+
+
+@pytest.fixture(scope="session")
+def triton_server(sentry_environment, demo_repository, tmp_path_factory):
     """One real local tritonserver for the whole session, serving every model of the demo repository
     (explicit model control, so tests may unload and load models) plus the test-only copies above.
     Its Python models report their exceptions to the session's Bugsink, where one is installed."""
@@ -102,21 +128,26 @@ def triton_server(request, demo_repository, tmp_path_factory):
     from indextts2.config import load_config
     from local_triton import LocalTritonServer
 
-    environment = {}
-    try:
-        environment["SENTRY_DSN"] = request.getfixturevalue("bugsink_server").dsn
-    except pytest.skip.Exception:
-        pass
     repository = demo_repository.repository
     stop_code = load_config(repository / "gpt_decoder" / "1" / "weights" / "config.yaml")["gpt"]["stop_mel_token"]
     extra = _add_test_models(repository, stop_code, tmp_path_factory)
     server = LocalTritonServer(repository, model_control_mode="explicit", load_models=SERVED_MODELS + extra,
-                               environment=environment)
-    server.start(timeout_s=180)
-    try:
+                               environment=sentry_environment)
+    with server.start(timeout_s=180):  # start() returns the server, whose `with` stops it
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(scope="module")
+def service(triton_server, bugsink_server, demo_checkpoint, tmp_path_factory):
+    """The service, in a test client, on the session's tritonserver, reporting to the session's Bugsink
+    (integration tests do not mock Sentry); one per module. Three flow-matching steps for speech: the suite
+    runs on 2 CPU cores."""
+    from service_client import demo_settings, service_client
+
+    settings = demo_settings(triton_server, demo_checkpoint, tmp_path_factory.mktemp("voices"),
+                             sentry_dsn=bugsink_server.dsn, triton_timeout_s=60.0, speech_diffusion_steps=3)
+    with service_client(settings) as client:
+        yield client
 
 
 # ----- local Bugsink: a real Sentry-protocol server (local_bugsink) ------------------------------------------------
@@ -150,27 +181,16 @@ def demo_checkpoint_2_5(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_repository_2_5(tmp_path_factory, demo_checkpoint_2_5):
-    """A complete IndexTTS-2.5 model repository exported from demo-2.5 (ONNX verified at export)."""
-    from export.repository import export_repository
-
-    repository = tmp_path_factory.mktemp("demo_repository_2_5")
-    return export_repository(demo_checkpoint_2_5, repository, progress=lambda line: None)
+    """The demo-2.5 preset's model repository (IndexTTS-2.5)."""
+    return _export(demo_checkpoint_2_5, tmp_path_factory, "demo_repository_2_5")
 
 
 @pytest.fixture(scope="session")
-def triton_server_2_5(request, demo_repository_2_5):
+def triton_server_2_5(sentry_environment, demo_repository_2_5):
     """A real local tritonserver of its own serving the demo-2.5 repository (every model in it)."""
     pytest.importorskip("tritonclient.grpc")
     from local_triton import LocalTritonServer
 
-    environment = {}
-    try:
-        environment["SENTRY_DSN"] = request.getfixturevalue("bugsink_server").dsn
-    except pytest.skip.Exception:
-        pass
-    server = LocalTritonServer(demo_repository_2_5.repository, environment=environment)
-    server.start(timeout_s=180)
-    try:
+    server = LocalTritonServer(demo_repository_2_5.repository, environment=sentry_environment)
+    with server.start(timeout_s=180):
         yield server
-    finally:
-        server.stop()

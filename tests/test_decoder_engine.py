@@ -27,14 +27,7 @@ from indextts2.networks.gpt import UnifiedVoice, load_gpt
 TOL = 1e-4  # GOLDEN.md, single module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # These models are tiny: on shared busy cores, OpenMP hand-offs between two threads made each
-    # decode step ~50x slower than one thread does.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load_checkpoint_gpt(model_dir: Path) -> UnifiedVoice:

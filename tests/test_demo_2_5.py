@@ -14,13 +14,7 @@ from indextts2.frontend.text_2_5 import SERVED_LANGUAGES
 from indextts2.pipeline_2_5 import EagerPipeline25, target_mel_frames_2_5
 from indextts2.presets_2_5 import write_demo_checkpoint_2_5
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

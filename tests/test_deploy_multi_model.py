@@ -23,7 +23,6 @@ import urllib.request
 import httpx
 import numpy as np
 import pytest
-import sentry_sdk
 import soundfile
 from deploy_checks import (
     TRITON_CPU_METRICS,
@@ -34,6 +33,7 @@ from deploy_checks import (
     shared_gpu,
     shared_gpu_triton_args,
 )
+from service_client import demo_settings, service_client
 
 pytest.importorskip("pytriton", reason="nvidia-pytriton (which ships tritonserver) is not installed")
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -43,9 +43,7 @@ from indextts2.checkpoint_dir import load_networks
 from indextts2.networks.gpt import SamplingConfig
 from indextts2.pipeline import EagerPipeline
 from local_triton import LocalTritonServer, find_free_port
-from orchestrator.app import create_app
-from orchestrator.settings import Settings
-from orchestrator.testing import make_test_client, speech_like_wav
+from orchestrator.testing import speech_like_wav
 from orchestrator.triton_client import PIPELINE_MODELS
 
 OTHER_MODEL = "other_team_scorer"
@@ -113,11 +111,8 @@ def server(merged_repository):
     args = _server_args()
     assert "--model-config-name=shared_gpu" in args and "--rate-limit=execution_count" in args
     server = LocalTritonServer(merged_repository, model_control_mode="explicit", load_models=["*"], extra_args=args)
-    server.start(timeout_s=240)
-    try:
+    with server.start(timeout_s=240):  # start() returns the server, whose `with` stops it
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -171,13 +166,9 @@ def test_the_other_teams_model_answers_correctly_under_concurrent_load(server):
 
 @pytest.fixture(scope="module")
 def client(server, demo_checkpoint, tmp_path_factory):
-    settings = Settings(checkpoint_dir=demo_checkpoint.model_dir, triton_grpc_url=server.grpc_url,
-                        voices_dir=tmp_path_factory.mktemp("voices"), device="cpu")
-    try:
-        with make_test_client(create_app(settings)) as client:
-            yield client
-    finally:
-        sentry_sdk.init()
+    settings = demo_settings(server, demo_checkpoint, tmp_path_factory.mktemp("voices"))
+    with service_client(settings) as client:
+        yield client
 
 
 def test_our_pipeline_on_the_merged_server_equals_the_eager_pipeline_while_the_other_model_runs(

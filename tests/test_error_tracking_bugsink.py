@@ -12,34 +12,15 @@ import sentry_sdk
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
+from service_client import demo_settings, service_client
 from triton_models import model_reconfigured, model_unloaded
 
 from local_bugsink import BugsinkServer
-from orchestrator.app import create_app
-from orchestrator.settings import Settings
-from orchestrator.testing import make_test_client, speech_like_wav
+from orchestrator.testing import speech_like_wav
 
 FAST = {"diffusion_steps": "3", "seed": "7"}  # few flow-matching steps: the suite runs on 2 CPU cores
 TEXT_MARKER = "zqxmarker" + uuid.uuid4().hex[:12]
 AUDIO_MARKER = b"AUDIOMARK-" + uuid.uuid4().hex.encode()
-
-
-def _settings(triton_server, demo_checkpoint, voices_dir, dsn: str) -> Settings:
-    return Settings(
-        checkpoint_dir=demo_checkpoint.model_dir, triton_grpc_url=triton_server.grpc_url, voices_dir=voices_dir,
-        sentry_dsn=dsn, device="cpu", triton_timeout_s=60.0, speech_diffusion_steps=3,
-    )
-
-
-@pytest.fixture(scope="module")
-def client(triton_server, bugsink_server, demo_checkpoint, tmp_path_factory):
-    settings = _settings(triton_server, demo_checkpoint, tmp_path_factory.mktemp("voices"), bugsink_server.dsn)
-    try:
-        with make_test_client(create_app(settings)) as client:
-            yield client
-    finally:
-        sentry_sdk.flush(timeout=5)
-        sentry_sdk.init()  # the next module's app starts from a client without a DSN
 
 
 def _tts(client, seconds: float = 6.0, text: str = "Hello there. A short sentence.", **fields):
@@ -53,28 +34,28 @@ def _events_of(bugsink_server, response, count: int) -> list[dict]:
     return bugsink_server.events(wait_for=count, timeout_s=20, tags={"request_id": response.headers["X-Request-ID"]})
 
 
-def test_unloaded_model_is_one_error_event_tagged_with_its_stage(client, triton_server, bugsink_server):
+def test_unloaded_model_is_one_error_event_tagged_with_its_stage(service, triton_server, bugsink_server):
     with model_unloaded(triton_server, "vocoder"):
-        response = _tts(client, audio_seed=11)
+        response = _tts(service, audio_seed=11)
     assert response.status_code == 503
     (event,) = _events_of(bugsink_server, response, 1)
     assert event["level"] == "error"
     assert event["tags"]["stage"] == "vocoder" and event["tags"]["model"] == "vocoder"
 
 
-def test_model_refusing_a_tensor_is_one_error_event_tagged_with_its_stage(client, triton_server, bugsink_server):
+def test_model_refusing_a_tensor_is_one_error_event_tagged_with_its_stage(service, triton_server, bugsink_server):
     def expect_another_width(config: dict) -> None:
         config["input"][0]["dims"] = ["-1", "7"]  # semantic_features (T, 7): the demo's are (T, 64)
 
     with model_reconfigured(triton_server, "emotion_conditioner", expect_another_width):
-        response = _tts(client, audio_seed=12)
+        response = _tts(service, audio_seed=12)
     assert response.status_code == 502
     (event,) = _events_of(bugsink_server, response, 1)
     assert event["level"] == "error" and event["tags"]["stage"] == "emotion_conditioner"
 
 
 def test_exception_inside_a_python_model_is_reported_by_the_model_on_the_requests_trace(
-    client, triton_server, bugsink_server
+    service, triton_server, bugsink_server
 ):
     # s2mel asks the served DiT for every step; with s2mel_estimator unloaded, that raises inside s2mel.
     def use_served_estimator(config: dict) -> None:
@@ -82,7 +63,7 @@ def test_exception_inside_a_python_model_is_reported_by_the_model_on_the_request
 
     with model_reconfigured(triton_server, "s2mel", use_served_estimator), \
             model_unloaded(triton_server, "s2mel_estimator"):
-        response = _tts(client, audio_seed=13)
+        response = _tts(service, audio_seed=13)
     assert response.status_code == 502
     assert response.json()["error"]["stage"] == "s2mel"
     (service_event,) = _events_of(bugsink_server, response, 1)
@@ -103,29 +84,29 @@ def test_exception_inside_a_python_model_is_reported_by_the_model_on_the_request
     assert "_served_velocity" in functions, functions  # the frame that raised, inside the model's batch run
 
 
-def test_short_reference_audio_arrives_as_a_warning_with_its_duration(client, bugsink_server):
-    response = _tts(client, seconds=3.0, audio_seed=14)
+def test_short_reference_audio_arrives_as_a_warning_with_its_duration(service, bugsink_server):
+    response = _tts(service, seconds=3.0, audio_seed=14)
     assert response.status_code == 200
     (event,) = _events_of(bugsink_server, response, 1)
     assert event["level"] == "warning"
     assert 2.9 < float(_find(event, "actual_duration")) < 3.1
 
 
-def test_refused_duration_ratio_is_an_error_level_event(client, bugsink_server):
-    response = _tts(client, audio_seed=15, duration_ratio="1.6")
+def test_refused_duration_ratio_is_an_error_level_event(service, bugsink_server):
+    response = _tts(service, audio_seed=15, duration_ratio="1.6")
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "duration_ratio"
     (event,) = _events_of(bugsink_server, response, 1)
     assert event["level"] == "error"
 
 
-def test_no_stored_event_holds_the_users_text_or_audio(client, bugsink_server):
+def test_no_stored_event_holds_the_users_text_or_audio(service, bugsink_server):
     audio = speech_like_wav(3.0, seed=16, extra_chunk=AUDIO_MARKER)  # short: a warning event is sent
     text = f"Please say {TEXT_MARKER} out loud."
     responses = [
-        client.post("/v1/tts", data={"text": text, **FAST}, files={"speaker_audio": ("v.wav", audio, "audio/wav")}),
-        client.post("/v1/tts", data={"text": text, **FAST, "duration_ratio": "9"},
-                    files={"speaker_audio": ("v.wav", audio, "audio/wav")}),
+        service.post("/v1/tts", data={"text": text, **FAST}, files={"speaker_audio": ("v.wav", audio, "audio/wav")}),
+        service.post("/v1/tts", data={"text": text, **FAST, "duration_ratio": "9"},
+                     files={"speaker_audio": ("v.wav", audio, "audio/wav")}),
     ]
     assert [r.status_code for r in responses] == [200, 422]
     for response in responses:
@@ -141,14 +122,12 @@ def test_requests_still_succeed_when_the_error_tracker_is_down(triton_server, de
     stopped.start(timeout_s=60)
     dsn = stopped.dsn
     stopped.stop()
-    settings = _settings(triton_server, demo_checkpoint, tmp_path / "voices", dsn)
-    try:
-        with make_test_client(create_app(settings)) as client:
-            ok = _tts(client, audio_seed=17)
-            short = _tts(client, seconds=3.0, audio_seed=18)  # sends a warning to the dead tracker
-            refused = _tts(client, audio_seed=19, duration_ratio="2")
-    finally:
-        sentry_sdk.init()
+    settings = demo_settings(triton_server, demo_checkpoint, tmp_path / "voices", sentry_dsn=dsn,
+                             triton_timeout_s=60.0, speech_diffusion_steps=3)
+    with service_client(settings) as client:
+        ok = _tts(client, audio_seed=17)
+        short = _tts(client, seconds=3.0, audio_seed=18)  # sends a warning to the dead tracker
+        refused = _tts(client, audio_seed=19, duration_ratio="2")
     assert ok.status_code == 200 and ok.content[:4] == b"RIFF"
     assert short.status_code == 200
     assert refused.status_code == 422

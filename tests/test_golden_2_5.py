@@ -46,6 +46,8 @@ MODULE_TOL = 1e-4
 CHAIN_TOL = 1e-3
 PCM_FLOAT_TOL = 0.1
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def t(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(array))
@@ -61,14 +63,6 @@ def assert_close(actual: torch.Tensor | np.ndarray, expected: np.ndarray, tol: f
 
 def frames(x: torch.Tensor) -> torch.Tensor:
     return torch.tensor([x.shape[1]])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -152,35 +146,36 @@ def mixed_directory(base: Path, out: Path, replacements: dict[str, Path]) -> Pat
     return out
 
 
-@pytest.mark.parametrize(
-    ("file", "key"),
-    [("gpt.pth", "spk_emb_proj.weight"), ("s2mel.pth", "gpt_layer.0.weight")],
-)
+def refusal_message(model_dir: Path, **load_options) -> str:
+    """The message of the CheckpointError that loading `model_dir` raises (the golden sets have no w2v-BERT
+    weights and no text frontend)."""
+    with pytest.raises(CheckpointError) as error:
+        load_any_networks(CheckpointPaths.from_model_dir(model_dir), with_semantic_encoder=False,
+                          with_text_frontend=False, **load_options)
+    return str(error.value)
+
+
+# A file of each version, and a key of it that the other version's file does not have.
+FILES_AND_KEYS_OF_ONE_VERSION = [("gpt.pth", "spk_emb_proj.weight"), ("s2mel.pth", "gpt_layer.0.weight")]
+
+
+@pytest.mark.parametrize(("file", "key"), FILES_AND_KEYS_OF_ONE_VERSION)
 def test_a_2_0_file_in_a_2_5_directory_is_refused_naming_the_file_and_key(
     golden_tiny_2_5, golden_tiny, tmp_path, file, key
 ):
     model_dir = mixed_directory(golden_tiny_2_5, tmp_path / "mixed", {file: golden_tiny / file})
-    with pytest.raises(CheckpointError) as error:
-        load_any_networks(CheckpointPaths.from_model_dir(model_dir), with_semantic_encoder=False,
-                          with_text_frontend=False)
-    message = str(error.value)
+    message = refusal_message(model_dir)
     assert str(model_dir / file) in message
     assert repr(key) in message
     assert "IndexTTS-2.0" in message and "not an IndexTTS-2.5 one" in message
 
 
-@pytest.mark.parametrize(
-    ("file", "key"),
-    [("gpt.pth", "spk_emb_proj.weight"), ("s2mel.pth", "gpt_layer.0.weight")],
-)
+@pytest.mark.parametrize(("file", "key"), FILES_AND_KEYS_OF_ONE_VERSION)
 def test_a_2_5_file_in_a_2_0_directory_is_refused_naming_the_file_and_key(
     golden_tiny_2_5, golden_tiny, tmp_path, file, key
 ):
     model_dir = mixed_directory(golden_tiny, tmp_path / "mixed", {file: golden_tiny_2_5 / file})
-    with pytest.raises(CheckpointError) as error:
-        load_any_networks(CheckpointPaths.from_model_dir(model_dir), with_semantic_encoder=False,
-                          with_text_frontend=False, check_latent_width=False)
-    message = str(error.value)
+    message = refusal_message(model_dir, check_latent_width=False)
     assert str(model_dir / file) in message
     assert repr(key) in message
     assert "IndexTTS-2.5" in message and "not an IndexTTS-2.0 one" in message
@@ -193,10 +188,7 @@ def test_a_2_0_repcodec_saved_as_codec_pth_is_refused(golden_tiny_2_5, golden_ti
     codec_path = tmp_path / "codec.pth"
     torch.save({"model": semantic_codec_official_state_dict(repcodec)}, codec_path)
     model_dir = mixed_directory(golden_tiny_2_5, tmp_path / "mixed", {"codec.pth": codec_path})
-    with pytest.raises(CheckpointError) as error:
-        load_any_networks(CheckpointPaths.from_model_dir(model_dir), with_semantic_encoder=False,
-                          with_text_frontend=False)
-    message = str(error.value)
+    message = refusal_message(model_dir)
     assert str(model_dir / "codec.pth") in message and "'down.weight'" in message and "RepCodec" in message
 
 

@@ -64,13 +64,7 @@ runpy.run_module("benchmarks.gpu_check", run_name="__main__", alter_sys=True)
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Tiny networks: OpenMP hand-offs between threads on shared cores cost more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,13 +19,13 @@ import soundfile
 pytest.importorskip("pytriton", reason="nvidia-pytriton (which ships tritonserver) is not installed")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
+from service_client import service_client
 from triton_models import model_unloaded
 
 from export.repository import export_repository, rename_model_config
 from local_triton import LocalTritonServer
-from orchestrator.app import create_app
 from orchestrator.settings import Settings
-from orchestrator.testing import make_test_client, speech_like_wav
+from orchestrator.testing import speech_like_wav
 from orchestrator.triton_client import GPT_DECODER, PIPELINE_MODELS
 
 PREFIX = "tts_"
@@ -57,24 +57,12 @@ def prefixed_repository(demo_checkpoint, tmp_path_factory):
     return repository
 
 
-def _bugsink_dsn(request) -> str | None:
-    """The session's Bugsink, where one is installed: the service and the Python models report there."""
-    try:
-        return request.getfixturevalue("bugsink_server").dsn
-    except pytest.skip.Exception:
-        return None
-
-
 @pytest.fixture(scope="module")
-def server(request, prefixed_repository):
-    dsn = _bugsink_dsn(request)
+def server(sentry_environment, prefixed_repository):
     server = LocalTritonServer(prefixed_repository, model_control_mode="explicit", load_models=["*"],
-                               environment={"SENTRY_DSN": dsn} if dsn else {})
-    server.start(timeout_s=240)
-    try:
+                               environment=sentry_environment)
+    with server.start(timeout_s=240):  # start() returns the server, whose `with` stops it
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -83,23 +71,18 @@ def triton(server):
 
 
 @pytest.fixture(scope="module")
-def client(request, server, demo_checkpoint, tmp_path_factory):
+def client(sentry_environment, server, demo_checkpoint, tmp_path_factory):
     """The service configured from the environment, as deployed, reporting to the session's Bugsink where
     one is installed."""
     environment = {
         "TRITON_MODEL_PREFIX": PREFIX, "TRITON_GRPC_URL": server.grpc_url,
         "CHECKPOINT_DIR": str(demo_checkpoint.model_dir), "VOICES_DIR": str(tmp_path_factory.mktemp("voices")),
-        "DEVICE": "cpu", "TRITON_TIMEOUT_S": "60",
+        "DEVICE": "cpu", "TRITON_TIMEOUT_S": "60", "SENTRY_DSN": sentry_environment.get("SENTRY_DSN", ""),
     }
-    environment["SENTRY_DSN"] = _bugsink_dsn(request) or ""
     settings = Settings.from_env(environment)
     assert settings.triton_model_prefix == PREFIX
-    try:
-        with make_test_client(create_app(settings)) as client:
-            yield client
-    finally:
-        sentry_sdk.flush(timeout=5)
-        sentry_sdk.init()  # the next module's app starts from a client without a DSN
+    with service_client(settings) as client:
+        yield client
 
 
 def _tts(client, audio: bytes):

@@ -11,12 +11,13 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pytest
 import sentry_sdk
 import soundfile
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from tritonclient.utils import InferenceServerException
 
 from local_triton import find_free_port
@@ -426,27 +427,39 @@ def test_stage_calls_carry_the_sentry_trace_headers(demo_checkpoint, tmp_path, t
     assert "sentry-trace_id=" + span.trace_id in parameters["baggage"]
 
 
-def test_a_failure_after_streaming_started_ends_the_transfer_and_sends_one_event(demo_checkpoint, tmp_path,
-                                                                                 transport):
-    settings = _settings(demo_checkpoint, tmp_path, transport)
-    create_app(settings)  # Sentry on, with the capturing transport
+def _app_failing_after_one_piece(settings: Settings, piece: np.ndarray, error: ModelError,
+                                 respond: Callable[[AudioStream, Reporter], Awaitable[Response]]) -> FastAPI:
+    """An app whose one route, GET /audio, streams `piece` and then fails with `error`; `respond(audio,
+    reporter)` makes the response, as the service's routes do."""
     metrics = ServiceMetrics()
     reporter = Reporter(settings, metrics, "cpu")
 
     async def pieces():
-        yield np.zeros(100, dtype=np.float32)
-        raise ModelError("vocoder failed: boom", stage="vocoder", model="vocoder", model_version="1")
+        yield piece
+        raise error
 
     app = FastAPI()
 
-    @app.get("/stream")
-    async def stream():
-        audio = AudioStream(pieces(), metrics, "/stream")
+    @app.get("/audio")
+    async def audio_route():
+        audio = AudioStream(pieces(), metrics, "/audio")
         await audio.prefetch()
+        return await respond(audio, reporter)
+
+    return app
+
+
+def test_a_failure_after_streaming_started_ends_the_transfer_and_sends_one_event(demo_checkpoint, tmp_path,
+                                                                                 transport):
+    settings = _settings(demo_checkpoint, tmp_path, transport)
+    create_app(settings)  # Sentry on, with the capturing transport
+
+    async def wav_stream(audio, reporter):
         return await audio_response(audio, reporter, "wav", streaming=True)
 
-    client = make_test_client(app, raise_server_exceptions=False)
-    response = client.get("/stream")
+    error = ModelError("vocoder failed: boom", stage="vocoder", model="vocoder", model_version="1")
+    app = _app_failing_after_one_piece(settings, np.zeros(100, dtype=np.float32), error, wav_stream)
+    response = make_test_client(app, raise_server_exceptions=False).get("/audio")
     assert response.status_code == 200  # the status line went out with the first segment
     assert len(response.content) == 44 + 200  # the header and the one finished piece, nothing after
     (event,) = transport.events
@@ -457,22 +470,13 @@ def test_a_failure_after_sse_started_is_an_error_event_without_done_and_one_sent
                                                                                           transport):
     settings = _settings(demo_checkpoint, tmp_path, transport)
     create_app(settings)  # Sentry on, with the capturing transport
-    metrics = ServiceMetrics()
-    reporter = Reporter(settings, metrics, "cpu")
 
-    async def pieces():
-        yield np.full(100, 0.5, dtype=np.float32)
-        raise ModelError("s2mel failed: boom", stage="s2mel", model="s2mel", model_version="1")
-
-    app = FastAPI()
-
-    @app.get("/sse")
-    async def sse():
-        audio = AudioStream(pieces(), metrics, "/sse")
-        await audio.prefetch()
+    async def sse_stream(audio, reporter):
         return sse_audio_response(audio, reporter, "pcm")
 
-    response = make_test_client(app, raise_server_exceptions=False).get("/sse")
+    error = ModelError("s2mel failed: boom", stage="s2mel", model="s2mel", model_version="1")
+    app = _app_failing_after_one_piece(settings, np.full(100, 0.5, dtype=np.float32), error, sse_stream)
+    response = make_test_client(app, raise_server_exceptions=False).get("/audio")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     blocks = [block for block in response.text.split("\n\n") if block]
     events = [json.loads(block.removeprefix("data: ")) for block in blocks]

@@ -15,9 +15,7 @@ import soundfile
 import tritonclient.grpc as grpcclient
 from triton_models import model_reconfigured, model_unloaded
 
-from orchestrator.app import create_app
-from orchestrator.settings import Settings
-from orchestrator.testing import make_test_client, speech_like_wav
+from orchestrator.testing import speech_like_wav
 from orchestrator.triton_client import PIPELINE_MODELS
 
 TEXT = "Hello there. This is a test of the speech service, in two sentences."
@@ -28,22 +26,6 @@ FAST = {"diffusion_steps": "3", "seed": "7"}  # few flow-matching steps: the sui
 def server(triton_server):
     """The session's tritonserver: the fault tests below unload or reconfigure a model and restore it."""
     return triton_server
-
-
-@pytest.fixture(scope="module")
-def client(server, bugsink_server, demo_checkpoint, tmp_path_factory):
-    """The service reporting to the session's real Bugsink (integration tests do not mock Sentry)."""
-    settings = Settings(
-        checkpoint_dir=demo_checkpoint.model_dir, triton_grpc_url=server.grpc_url,
-        voices_dir=tmp_path_factory.mktemp("voices"), sentry_dsn=bugsink_server.dsn,
-        device="cpu", triton_timeout_s=60.0, speech_diffusion_steps=3,
-    )
-    try:
-        with make_test_client(create_app(settings)) as client:
-            yield client
-    finally:
-        sentry_sdk.flush(timeout=5)
-        sentry_sdk.init()  # the next module's app starts from a client without a DSN
 
 
 @pytest.fixture()
@@ -71,19 +53,19 @@ def _inference_count(server, model: str) -> int:
 # --- readiness ---------------------------------------------------------------------------------------
 
 
-def test_readyz_reports_every_model_of_the_pipeline(client):
-    response = client.get("/readyz")
+def test_readyz_reports_every_model_of_the_pipeline(service):
+    response = service.get("/readyz")
     body = response.json()
     assert body["triton_live"] is True
     assert body["not_ready"] == []
     assert response.status_code == 200
     # The release names every model's version, as Triton reported them at start-up.
-    assert client.app.state.release.endswith("+indextts2.0.models." + ".".join(["1"] * len(PIPELINE_MODELS)))
+    assert service.app.state.release.endswith("+indextts2.0.models." + ".".join(["1"] * len(PIPELINE_MODELS)))
 
 
-def test_readyz_names_an_unloaded_model(client, server):
+def test_readyz_names_an_unloaded_model(service, server):
     with model_unloaded(server, "vocoder"):
-        response = client.get("/readyz")
+        response = service.get("/readyz")
     assert response.status_code == 503
     assert "vocoder" in response.json()["not_ready"]
 
@@ -91,8 +73,8 @@ def test_readyz_names_an_unloaded_model(client, server):
 # --- synthesis -----------------------------------------------------------------------------------------
 
 
-def test_tts_returns_a_valid_wav_of_plausible_length(client, events):
-    response = _tts(client, speech_like_wav(6.0, seed=11))
+def test_tts_returns_a_valid_wav_of_plausible_length(service, events):
+    response = _tts(service, speech_like_wav(6.0, seed=11))
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "audio/wav"
     samples, rate = soundfile.read(io.BytesIO(response.content), dtype="int16")
@@ -100,54 +82,54 @@ def test_tts_returns_a_valid_wav_of_plausible_length(client, events):
     assert (rate, info.channels, info.subtype) == (22050, 1, "PCM_16")
     seconds = samples.shape[0] / rate
     assert float(response.headers["x-audio-seconds"]) == pytest.approx(seconds, abs=1e-3)
-    segments = len(asyncio.run(client.app.state.service.pipeline.segment_text(TEXT)))
-    assets = client.app.state.service.assets
+    segments = len(asyncio.run(service.app.state.service.pipeline.segment_text(TEXT)))
+    assets = service.app.state.service.assets
     longest = segments * (assets.default_max_codes * 1.72 * 256 / 22050 + 0.2)
     assert 0.0 < seconds <= longest
     assert events(response, 0) == []
 
 
-def test_registered_voice_with_the_emotion_of_another_through_both_routes(client):
+def test_registered_voice_with_the_emotion_of_another_through_both_routes(service):
     for name, seed in (("alice", 21), ("bob", 22)):
-        assert client.post("/v1/voices", data={"name": name},
-                           files={"audio": ("v.wav", speech_like_wav(5.5, seed=seed), "audio/wav")}).status_code == 201
+        assert service.post("/v1/voices", data={"name": name},
+                            files={"audio": ("v.wav", speech_like_wav(5.5, seed=seed), "audio/wav")}).status_code == 201
     try:
-        response = client.post("/v1/tts", data={"text": TEXT, **FAST, "voice": "alice", "emotion_voice": "bob",
-                                                "emo_alpha": "0.7"})
+        response = service.post("/v1/tts", data={"text": TEXT, **FAST, "voice": "alice", "emotion_voice": "bob",
+                                                 "emo_alpha": "0.7"})
         assert response.status_code == 200, response.text
-        speech = client.post("/v1/audio/speech", json={"input": "Good morning.", "voice": "alice",
-                                                       "response_format": "pcm", "speed": 1.25})
+        speech = service.post("/v1/audio/speech", json={"input": "Good morning.", "voice": "alice",
+                                                        "response_format": "pcm", "speed": 1.25})
         assert speech.status_code == 200 and speech.headers["content-type"] == "audio/pcm"
         assert len(speech.content) > 0 and len(speech.content) % 2 == 0
     finally:
         for name in ("alice", "bob"):
-            client.delete(f"/v1/voices/{name}")
+            service.delete(f"/v1/voices/{name}")
 
 
-def test_a_voice_is_stored_once_and_its_conditioning_reused(client, server):
+def test_a_voice_is_stored_once_and_its_conditioning_reused(service, server):
     audio = speech_like_wav(5.5, seed=31)
     encoder_runs = _inference_count(server, "semantic_encoder")
     for name in ("carol", "carol-copy"):
-        response = client.post("/v1/voices", data={"name": name}, files={"audio": ("c.wav", audio, "audio/wav")})
+        response = service.post("/v1/voices", data={"name": name}, files={"audio": ("c.wav", audio, "audio/wav")})
         assert response.status_code == 201, response.text
     assert _inference_count(server, "semantic_encoder") == encoder_runs + 1  # the second hit the cache
-    voices_dir = client.app.state.settings.voices_dir
+    voices_dir = service.app.state.settings.voices_dir
     assert len(list((voices_dir / "audio").iterdir())) == 1
-    listed = client.get("/v1/voices").json()["voices"]
+    listed = service.get("/v1/voices").json()["voices"]
     assert [voice["name"] for voice in listed] == ["carol", "carol-copy"]
-    assert client.post("/v1/voices", data={"name": "carol"},
-                       files={"audio": ("c.wav", audio, "audio/wav")}).status_code == 409
+    assert service.post("/v1/voices", data={"name": "carol"},
+                        files={"audio": ("c.wav", audio, "audio/wav")}).status_code == 409
     for name in ("carol", "carol-copy"):
-        assert client.delete(f"/v1/voices/{name}").status_code == 204
+        assert service.delete(f"/v1/voices/{name}").status_code == 204
     assert list((voices_dir / "audio").iterdir()) == []
 
 
 # --- faults inside Triton ------------------------------------------------------------------------------
 
 
-def test_unloaded_model_is_503_and_one_event_tagged_with_its_stage(client, server, events):
+def test_unloaded_model_is_503_and_one_event_tagged_with_its_stage(service, server, events):
     with model_unloaded(server, "campplus"):
-        response = _tts(client, speech_like_wav(6.0, seed=41))
+        response = _tts(service, speech_like_wav(6.0, seed=41))
     assert response.status_code == 503
     error = response.json()["error"]
     assert (error["type"], error["stage"]) == ("model_unavailable", "campplus")
@@ -157,12 +139,12 @@ def test_unloaded_model_is_503_and_one_event_tagged_with_its_stage(client, serve
     assert event["fingerprint"] == ["campplus", "model_unavailable"]
 
 
-def test_model_refusing_its_tensors_is_502_and_one_event_tagged_with_its_stage(client, server, events):
+def test_model_refusing_its_tensors_is_502_and_one_event_tagged_with_its_stage(service, server, events):
     def expect_another_width(config: dict) -> None:
         config["input"][0]["dims"] = ["-1", "7"]  # semantic_features (T, 7): ours are (T, 64)
 
     with model_reconfigured(server, "speaker_conditioner", expect_another_width):
-        response = _tts(client, speech_like_wav(6.0, seed=42))
+        response = _tts(service, speech_like_wav(6.0, seed=42))
     assert response.status_code == 502
     error = response.json()["error"]
     assert (error["type"], error["stage"]) == ("model_error", "speaker_conditioner")
@@ -172,10 +154,10 @@ def test_model_refusing_its_tensors_is_502_and_one_event_tagged_with_its_stage(c
     assert event["fingerprint"] == ["speaker_conditioner", "model_error"]
 
 
-def test_decoder_missing_is_503_tagged_gpt_decoder(client, server, events):
+def test_decoder_missing_is_503_tagged_gpt_decoder(service, server, events):
     """With gpt_decoder unloaded a request fails at that stage, once."""
     with model_unloaded(server, "gpt_decoder"):
-        response = _tts(client, speech_like_wav(6.0, seed=43))
+        response = _tts(service, speech_like_wav(6.0, seed=43))
     assert response.status_code == 503
     assert response.json()["error"]["stage"] == "gpt_decoder"
     (event,) = events(response, 1)

@@ -32,13 +32,7 @@ from indextts2.engine.telemetry import ModelTelemetry
 from indextts2.networks.gpt import UnifiedVoice, load_gpt
 from orchestrator.testing import speech_like_wav
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest on shared cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -366,26 +360,6 @@ def test_the_orchestrator_maps_a_models_out_of_memory_to_503_with_the_models_bat
 # --- against the real tritonserver, through the orchestrator --------------------------------------------
 
 ONE_SEGMENT = {"text": "Hello there.", "diffusion_steps": "3", "seed": "7", "max_codes": "30", "min_codes": "10"}
-
-
-@pytest.fixture(scope="module")
-def service(triton_server, bugsink_server, demo_checkpoint, tmp_path_factory):
-    """The orchestrator on the session's tritonserver, reporting to the session's Bugsink."""
-    from orchestrator.app import create_app
-    from orchestrator.settings import Settings
-    from orchestrator.testing import make_test_client
-
-    settings = Settings(
-        checkpoint_dir=demo_checkpoint.model_dir, triton_grpc_url=triton_server.grpc_url,
-        voices_dir=tmp_path_factory.mktemp("voices"), sentry_dsn=bugsink_server.dsn, device="cpu",
-        triton_timeout_s=60.0, speech_diffusion_steps=3,
-    )
-    try:
-        with make_test_client(create_app(settings)) as client:
-            yield client
-    finally:
-        sentry_sdk.flush(timeout=5)
-        sentry_sdk.init()  # the next module's app starts from a client without a DSN
 
 
 def _model_event(bugsink_server, model: str, trace_id: str, timeout_s: float = 20.0) -> dict:

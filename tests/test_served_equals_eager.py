@@ -14,15 +14,13 @@ import io
 
 import numpy as np
 import pytest
-import sentry_sdk
 import soundfile
+from service_client import demo_settings, service_client
 
 from indextts2.checkpoint_dir import load_networks
 from indextts2.networks.gpt import SamplingConfig
 from indextts2.pipeline import EagerPipeline
-from orchestrator.app import create_app
-from orchestrator.settings import Settings
-from orchestrator.testing import make_test_client, speech_like_wav
+from orchestrator.testing import speech_like_wav
 
 TEXT = "Hello there. This is one request, said twice."
 SEED = 11
@@ -33,13 +31,9 @@ WAVEFORM_TOLERANCE = 2e-3
 
 @pytest.fixture(scope="module")
 def client(triton_server, demo_checkpoint, tmp_path_factory):
-    settings = Settings(checkpoint_dir=demo_checkpoint.model_dir, triton_grpc_url=triton_server.grpc_url,
-                        voices_dir=tmp_path_factory.mktemp("voices"), device="cpu")
-    try:
-        with make_test_client(create_app(settings)) as client:
-            yield client
-    finally:
-        sentry_sdk.init()
+    settings = demo_settings(triton_server, demo_checkpoint, tmp_path_factory.mktemp("voices"))
+    with service_client(settings) as client:
+        yield client
 
 
 def test_the_served_stack_and_the_eager_pipeline_make_the_same_waveform(client, demo_checkpoint):

@@ -1,0 +1,42 @@
+"""The service in a test client, for the tests that build it from their own Settings, and the Settings of
+the service on the demo checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sentry_sdk
+
+from orchestrator.app import create_app
+from orchestrator.settings import Settings
+from orchestrator.testing import make_test_client
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient  # make_test_client imports it without Starlette's notice
+
+    from indextts2.checkpoint_dir import CheckpointPaths
+    from local_triton import LocalTritonServer
+
+
+def demo_settings(server: LocalTritonServer, demo_checkpoint: CheckpointPaths, voices_dir: Path,
+                  **fields: Any) -> Settings:
+    """The service on the demo checkpoint and the CPU, calling the models `server` serves; `fields` set the
+    rest (Sentry off unless they give a sentry_dsn)."""
+    return Settings(checkpoint_dir=demo_checkpoint.model_dir, triton_grpc_url=server.grpc_url,
+                    voices_dir=voices_dir, device="cpu", **fields)
+
+
+@contextmanager
+def service_client(settings: Settings) -> Iterator[TestClient]:
+    """The service built from `settings`, in a test client for a `with` block. create_app sets up Sentry
+    for the whole process: afterwards the events sent are flushed and Sentry is turned off, so that the next
+    module's app starts from a client without a DSN."""
+    try:
+        with make_test_client(create_app(settings)) as client:
+            yield client
+    finally:
+        sentry_sdk.flush(timeout=5)
+        sentry_sdk.init()
