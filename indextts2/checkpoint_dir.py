@@ -97,21 +97,28 @@ class CheckpointPaths:
 
 
 @dataclass
-class IndexTTS2Networks:
-    """Every network of the pipeline, in eval mode on the CPU, float32."""
+class CheckpointNetworks:
+    """The networks of a checkpoint directory that both versions have, in eval mode on the CPU, float32;
+    `IndexTTS2Networks` and `IndexTTS25Networks` add their version's semantic codec."""
 
     config: dict[str, Any]
     semantic_encoder: SemanticEncoder | None  # None where the checkpoint has no w2v-BERT weights
-    semantic_codec: RepCodec
     campplus: CAMPPlus
-    gpt: UnifiedVoice
-    s2mel: S2Mel
+    gpt: UnifiedVoice  # UnifiedVoice25 in 2.5
+    s2mel: S2Mel  # without gpt_layer in 2.5
     bigvgan: BigVGAN
     emotion_bank: EmotionBank
-    text_frontend: TextFrontend | None  # None where the checkpoint has no bpe.model
+    text_frontend: Any | None  # TextFrontend (2.0) or TextFrontend25 (2.5); None where not loaded
 
     def dims(self) -> dict[str, int]:
         return stage_dims(self.config, self.gpt)
+
+
+@dataclass
+class IndexTTS2Networks(CheckpointNetworks):
+    """Every network of the 2.0 pipeline."""
+
+    semantic_codec: RepCodec
 
 
 def stage_dims(config: dict[str, Any], gpt: Any) -> dict[str, int]:
@@ -124,6 +131,36 @@ def stage_dims(config: dict[str, Any], gpt: Any) -> dict[str, int]:
         "style_dim": int(config["s2mel"]["style_encoder"]["dim"]),
         "condition_dim": int(config["s2mel"]["length_regulator"]["channels"]),
     }
+
+
+def require_version(paths: CheckpointPaths, version: str) -> None:
+    """Refuse a directory of another IndexTTS version than the loader's own."""
+    if paths.version != version:
+        raise CheckpointError(
+            f"{paths.model_dir} is an IndexTTS-{paths.version} checkpoint directory, not an IndexTTS-{version} "
+            "one (load_any_networks picks the loader by the directory's version)"
+        )
+
+
+def load_checked_semantic_encoder(paths: CheckpointPaths, config: dict[str, Any]) -> SemanticEncoder:
+    """w2v-BERT with the directory's feature statistics; its width must be semantic_codec.hidden_size,
+    since its features feed the codec and the GPT's conditioners."""
+    semantic_dim = int(config["semantic_codec"]["hidden_size"])
+    semantic_encoder = load_semantic_encoder(paths.w2v_bert_dir, paths.model_file(config, "w2v_stat"))
+    encoder_dim = int(semantic_encoder.mean.shape[0])
+    if encoder_dim != semantic_dim:
+        raise CheckpointError(
+            f"{paths.w2v_bert_dir}: w2v-BERT width {encoder_dim} differs from "
+            f"semantic_codec.hidden_size {semantic_dim} in {paths.config_path}"
+        )
+    return semantic_encoder
+
+
+def load_directory_emotion_bank(paths: CheckpointPaths, config: dict[str, Any]) -> EmotionBank:
+    """The emotion bank of the files config.yaml names (`spk_matrix`, `emo_matrix`, `emo_num`)."""
+    return load_emotion_bank(
+        paths.model_file(config, "spk_matrix"), paths.model_file(config, "emo_matrix"), config["emo_num"]
+    )
 
 
 def load_networks(
@@ -139,22 +176,10 @@ def load_networks(
     accepts an s2mel `gpt_layer` whose input is not the GPT's width: only the golden set, whose 64-d
     GPT feeds a 1280-d stand-in (its quirk 7), needs it.
     """
-    if paths.version != VERSION_2_0:
-        raise CheckpointError(
-            f"{paths.model_dir} is an IndexTTS-{paths.version} checkpoint directory; this loader reads "
-            f"IndexTTS-2.0 ones (use load_any_networks)"
-        )
+    require_version(paths, VERSION_2_0)
     config = load_config(paths.config_path)
     semantic_dim = int(config["semantic_codec"]["hidden_size"])
-    semantic_encoder = None
-    if with_semantic_encoder:
-        semantic_encoder = load_semantic_encoder(paths.w2v_bert_dir, paths.model_file(config, "w2v_stat"))
-        encoder_dim = int(semantic_encoder.mean.shape[0])
-        if encoder_dim != semantic_dim:
-            raise CheckpointError(
-                f"{paths.w2v_bert_dir}: w2v-BERT width {encoder_dim} differs from "
-                f"semantic_codec.hidden_size {semantic_dim} in {paths.config_path}"
-            )
+    semantic_encoder = load_checked_semantic_encoder(paths, config) if with_semantic_encoder else None
     gpt = load_gpt(config["gpt"], paths.model_file(config, "gpt_checkpoint"), feature_dim=semantic_dim)
     s2mel = load_s2mel(config["s2mel"], paths.model_file(config, "s2mel_checkpoint"))
     latent_width = s2mel.gpt_layer[0].in_features
@@ -163,7 +188,7 @@ def load_networks(
             f"{paths.model_file(config, 's2mel_checkpoint')}: gpt_layer takes {latent_width}-d latents, "
             f"the GPT in {paths.model_file(config, 'gpt_checkpoint')} is {gpt.model_dim} wide"
         )
-    networks = IndexTTS2Networks(
+    return IndexTTS2Networks(
         config=config,
         semantic_encoder=semantic_encoder,
         semantic_codec=load_semantic_codec(config["semantic_codec"], paths.semantic_codec),
@@ -171,12 +196,9 @@ def load_networks(
         gpt=gpt,
         s2mel=s2mel,
         bigvgan=load_bigvgan(paths.bigvgan_dir),
-        emotion_bank=load_emotion_bank(
-            paths.model_file(config, "spk_matrix"), paths.model_file(config, "emo_matrix"), config["emo_num"]
-        ),
+        emotion_bank=load_directory_emotion_bank(paths, config),
         text_frontend=TextFrontend(paths.bpe_model(config)) if with_text_frontend else None,
     )
-    return networks
 
 
 def load_any_networks(paths: CheckpointPaths, **options: Any) -> Any:

@@ -10,37 +10,30 @@ with a message naming the file and the keys.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from indextts2.checkpoint import CheckpointError
-from indextts2.checkpoint_dir import VERSION_2_5, CheckpointPaths, stage_dims
+from indextts2.checkpoint_dir import (
+    VERSION_2_5,
+    CheckpointNetworks,
+    CheckpointPaths,
+    load_checked_semantic_encoder,
+    load_directory_emotion_bank,
+    require_version,
+)
 from indextts2.config import load_config
-from indextts2.emotion import EmotionBank, load_emotion_bank
-from indextts2.networks.bigvgan import BigVGAN, load_bigvgan
-from indextts2.networks.campplus import CAMPPlus, load_campplus
+from indextts2.networks.bigvgan import load_bigvgan
+from indextts2.networks.campplus import load_campplus
 from indextts2.networks.codec_2_5 import EnhancedCodec, load_codec_2_5
-from indextts2.networks.gpt_2_5 import UnifiedVoice25, load_gpt_2_5
-from indextts2.networks.s2mel import S2Mel, load_s2mel
-from indextts2.networks.semantic_encoder import SemanticEncoder, load_semantic_encoder
+from indextts2.networks.gpt_2_5 import load_gpt_2_5
+from indextts2.networks.s2mel import load_s2mel
 
 
 @dataclass
-class IndexTTS25Networks:
-    """Every network of the 2.5 pipeline, in eval mode on the CPU, float32."""
+class IndexTTS25Networks(CheckpointNetworks):
+    """Every network of the 2.5 pipeline."""
 
-    config: dict[str, Any]
-    semantic_encoder: SemanticEncoder | None  # None where the checkpoint has no w2v-BERT weights
     codec: EnhancedCodec
-    campplus: CAMPPlus
-    gpt: UnifiedVoice25
-    s2mel: S2Mel  # without gpt_layer
-    bigvgan: BigVGAN
-    emotion_bank: EmotionBank
-    text_frontend: Any | None  # indextts2.frontend.text_2_5.TextFrontend25; None where not loaded
     version: str = VERSION_2_5
-
-    def dims(self) -> dict[str, int]:
-        return stage_dims(self.config, self.gpt)
 
 
 def load_networks_2_5(
@@ -55,21 +48,10 @@ def load_networks_2_5(
     tokenizer (the golden set has no w2v-BERT weights). `text_normalization=False` builds the text
     front-end without the WeTextProcessing normaliser (the official `text_normalization=False`).
     """
-    if paths.version != VERSION_2_5:
-        raise CheckpointError(
-            f"{paths.model_dir} is an IndexTTS-{paths.version} checkpoint directory, not an IndexTTS-2.5 one"
-        )
+    require_version(paths, VERSION_2_5)
     config = load_config(paths.config_path)
     semantic_dim = int(config["semantic_codec"]["hidden_size"])
-    semantic_encoder = None
-    if with_semantic_encoder:
-        semantic_encoder = load_semantic_encoder(paths.w2v_bert_dir, paths.model_file(config, "w2v_stat"))
-        encoder_dim = int(semantic_encoder.mean.shape[0])
-        if encoder_dim != semantic_dim:
-            raise CheckpointError(
-                f"{paths.w2v_bert_dir}: w2v-BERT width {encoder_dim} differs from "
-                f"semantic_codec.hidden_size {semantic_dim} in {paths.config_path}"
-            )
+    semantic_encoder = load_checked_semantic_encoder(paths, config) if with_semantic_encoder else None
     s2mel_path = paths.model_file(config, "s2mel_checkpoint")
     s2mel = load_s2mel(config["s2mel"], s2mel_path, with_gpt_layer=False)
     # 2.5 feeds the length regulator both the codec's output and the raw w2v-BERT features.
@@ -99,8 +81,6 @@ def load_networks_2_5(
         gpt=load_gpt_2_5(config["gpt"], paths.model_file(config, "gpt_checkpoint"), feature_dim=semantic_dim),
         s2mel=s2mel,
         bigvgan=load_bigvgan(paths.bigvgan_dir),
-        emotion_bank=load_emotion_bank(
-            paths.model_file(config, "spk_matrix"), paths.model_file(config, "emo_matrix"), config["emo_num"]
-        ),
+        emotion_bank=load_directory_emotion_bank(paths, config),
         text_frontend=text_frontend,
     )

@@ -55,16 +55,11 @@ class EagerPipeline:
         self.device = torch.device(device)
         self.mel_args = s2mel_mel_args(networks.config["s2mel"])
 
-    def _semantic_features(self, input_features: np.ndarray, attention_mask: np.ndarray) -> torch.Tensor:
-        features = torch.from_numpy(input_features)[None].to(self.device)
-        mask = torch.from_numpy(attention_mask)[None].to(self.device)
-        return self.networks.semantic_encoder(features, mask)
-
     @torch.inference_mode()
     def speaker_prompt(self, samples: np.ndarray, sample_rate: int) -> SpeakerPrompt:
         nets = self.networks
         prompt = prompt_features(samples, sample_rate, self.mel_args)
-        features = self._semantic_features(prompt.input_features, prompt.attention_mask)
+        features = semantic_features(nets, prompt.input_features, prompt.attention_mask, self.device)
         lengths = torch.tensor([features.shape[1]], device=self.device)
         _, codec_embedding = nets.semantic_codec.quantize(features)
         ref_mel = torch.from_numpy(prompt.ref_mel)[None].to(self.device)
@@ -83,7 +78,7 @@ class EagerPipeline:
     @torch.inference_mode()
     def emotion_features(self, samples: np.ndarray, sample_rate: int) -> torch.Tensor:
         """An emotion reference is read at 16 kHz and cut to 15 s, as infer_v2 does."""
-        return self._semantic_features(*emotion_prompt_features(samples, sample_rate))
+        return semantic_features(self.networks, *emotion_prompt_features(samples, sample_rate), self.device)
 
     @torch.inference_mode()
     def emotion_vector(
@@ -122,11 +117,7 @@ class EagerPipeline:
         nets = self.networks
         gpt = nets.gpt
         ids = torch.tensor(text_ids, dtype=torch.long, device=self.device)
-        # The official default of 1500 codes can exceed a small model's position table.
-        longest = gpt.max_mel_tokens - 1
-        if sampling.max_codes is None or sampling.max_codes > longest:
-            sampling = SamplingConfig(**{**sampling.__dict__, "max_codes": longest})
-        output = gpt.generate(speaker.speaker_latents, emovec, ids, sampling)
+        output = gpt.generate(speaker.speaker_latents, emovec, ids, within_position_table(sampling, gpt))
         codes, latents = output.codes, output.latents
         if codes.numel() == 0:
             # The stop code came first: the segment says nothing (the service warns about it).
@@ -140,23 +131,10 @@ class EagerPipeline:
                 torch.tensor([codes.numel()], device=self.device),
                 emovec,
             )[0]
-        s2mel = nets.s2mel
-        content = nets.semantic_codec.vq2emb(codes[None]) + s2mel.gpt_layer(latents[None])
+        content = nets.semantic_codec.vq2emb(codes[None]) + nets.s2mel.gpt_layer(latents[None])
         mel_frames = target_mel_frames(codes.numel(), duration_ratio)
-        condition, _ = s2mel.length_regulator(content, torch.tensor([mel_frames], device=self.device))
-        full_condition = torch.cat([speaker.prompt_condition, condition], dim=1)
-        mel = s2mel.cfm.inference(
-            full_condition,
-            torch.tensor([full_condition.shape[1]], device=self.device),
-            speaker.ref_mel,
-            speaker.style,
-            diffusion_steps,
-            cfg_rate=cfg_rate,
-            generator=generator,
-        )
-        mel = mel[:, :, speaker.ref_mel.shape[-1]:]
-        waveform = nets.bigvgan(mel)[0, 0]
-        return waveform.float().cpu().numpy(), codes, mel_frames
+        waveform = content_to_waveform(nets, speaker, content, mel_frames, diffusion_steps, cfg_rate, generator)
+        return waveform, codes, mel_frames
 
     def synthesize_segments(
         self,
@@ -184,12 +162,7 @@ class EagerPipeline:
         emovec = self.emotion_vector(speaker, emotion, emo_alpha, emo_weights)
         segments = self.networks.text_frontend.split_segments(text, max_text_tokens_per_segment)
         for index, text_ids in enumerate(segments):
-            segment_sampling, generator = sampling, None
-            segment_seed = rules.segment_seed(seed, index)
-            if segment_seed is not None:
-                segment_sampling = SamplingConfig(**{**sampling.__dict__, "seed": segment_seed})
-                # s2mel's noise as the served s2mel draws it: from a CPU generator of the segment's seed.
-                generator = torch.Generator(device="cpu").manual_seed(segment_seed)
+            segment_sampling, generator = sampling_of_segment(sampling, seed, index)
             yield self.synthesize_segment(
                 speaker, emovec, text_ids, segment_sampling, duration_ratio, diffusion_steps, cfg_rate,
                 official_second_pass=official_second_pass, generator=generator,
@@ -200,6 +173,68 @@ class EagerPipeline:
         """Text + reference audio -> 22.05 kHz waveform, segments joined with 200 ms of silence.
         `options` are those of `synthesize_segments`."""
         return join_segments(self.synthesize_segments(text, speaker_samples, speaker_sample_rate, **options))
+
+
+def semantic_features(
+    networks: Any, input_features: np.ndarray, attention_mask: np.ndarray, device: torch.device
+) -> torch.Tensor:
+    """The normalised w2v-BERT features (1, T, D) of one utterance's SeamlessM4T input features."""
+    features = torch.from_numpy(input_features)[None].to(device)
+    mask = torch.from_numpy(attention_mask)[None].to(device)
+    return networks.semantic_encoder(features, mask)
+
+
+def within_position_table(sampling: SamplingConfig, gpt: Any) -> SamplingConfig:
+    """`sampling` with max_codes cut to what the GPT's mel position table holds: the official default of
+    1500 codes can exceed a small model's table."""
+    longest = gpt.max_mel_tokens - 1
+    if sampling.max_codes is None or sampling.max_codes > longest:
+        return SamplingConfig(**{**sampling.__dict__, "max_codes": longest})
+    return sampling
+
+
+def sampling_of_segment(
+    sampling: SamplingConfig, seed: int | None, index: int
+) -> tuple[SamplingConfig, torch.Generator | None]:
+    """The GPT sampling and the s2mel noise generator of text segment `index` of a request with `seed`
+    (None: the global RNGs). s2mel's noise is drawn as the served s2mel draws it: from a CPU generator
+    of the segment's seed."""
+    segment_seed = rules.segment_seed(seed, index)
+    if segment_seed is None:
+        return sampling, None
+    generator = torch.Generator(device="cpu").manual_seed(segment_seed)
+    return SamplingConfig(**{**sampling.__dict__, "seed": segment_seed}), generator
+
+
+def content_to_waveform(
+    networks: Any,
+    speaker: Any,
+    content: torch.Tensor,
+    mel_frames: int,
+    diffusion_steps: int,
+    cfg_rate: float,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> np.ndarray:
+    """The s2mel and vocoder stages of one segment (2.0 or 2.5): content (1, n, C) length-regulated to
+    `mel_frames`, after the speaker's prompt condition, through the flow matching (from `noise`, or
+    noise drawn from `generator`), the prompt's frames cut off, then BigVGAN. -> waveform float32."""
+    s2mel = networks.s2mel
+    device = content.device
+    condition, _ = s2mel.length_regulator(content, torch.tensor([mel_frames], device=device))
+    full_condition = torch.cat([speaker.prompt_condition, condition], dim=1)
+    mel = s2mel.cfm.inference(
+        full_condition,
+        torch.tensor([full_condition.shape[1]], device=device),
+        speaker.ref_mel,
+        speaker.style,
+        diffusion_steps,
+        cfg_rate=cfg_rate,
+        generator=generator,
+        noise=noise,
+    )
+    mel = mel[:, :, speaker.ref_mel.shape[-1]:]
+    return networks.bigvgan(mel)[0, 0].float().cpu().numpy()
 
 
 def join_segments(segments: Iterable[tuple[np.ndarray, torch.Tensor, int]]) -> SynthesisResult:

@@ -34,7 +34,15 @@ from indextts2.frontend.audio import (
     seamless_m4t_features,
 )
 from indextts2.networks.gpt import SamplingConfig
-from indextts2.pipeline import OFFICIAL_SAMPLING, SynthesisResult, join_segments
+from indextts2.pipeline import (
+    OFFICIAL_SAMPLING,
+    SynthesisResult,
+    content_to_waveform,
+    join_segments,
+    sampling_of_segment,
+    semantic_features,
+    within_position_table,
+)
 
 
 def target_mel_frames_2_5(decoded_frames: int, duration_ratio: float = 1.0) -> int:
@@ -62,10 +70,7 @@ class EagerPipeline25:
         self.mel_args = s2mel_mel_args(networks.config["s2mel"])
 
     def _semantic_features(self, wav_16k: np.ndarray) -> torch.Tensor:
-        features, mask = seamless_m4t_features(wav_16k)
-        features = torch.from_numpy(features)[None].to(self.device)
-        mask = torch.from_numpy(mask)[None].to(self.device)
-        return self.networks.semantic_encoder(features, mask)
+        return semantic_features(self.networks, *seamless_m4t_features(wav_16k), self.device)
 
     @torch.inference_mode()
     def speaker_prompt(self, samples: np.ndarray, sample_rate: int) -> SpeakerPrompt25:
@@ -129,11 +134,9 @@ class EagerPipeline25:
         """The GPT's semantic codes of one segment (without the stop code). (n,) int64."""
         gpt = self.networks.gpt
         ids = torch.as_tensor(text_ids, dtype=torch.long, device=self.device)
-        longest = gpt.max_mel_tokens - 1
-        if sampling.max_codes is None or sampling.max_codes > longest:
-            sampling = SamplingConfig(**{**sampling.__dict__, "max_codes": longest})
         output = gpt.generate(
-            speaker.speaker_latents, emovec, ids, sampling, official_positions=official_positions, language=language
+            speaker.speaker_latents, emovec, ids, within_position_table(sampling, gpt),
+            official_positions=official_positions, language=language,
         )
         return output.codes
 
@@ -151,48 +154,10 @@ class EagerPipeline25:
         """Codes (n,) -> (waveform float32, mel frames). `noise` (1, 80, prompt + mel frames): the
         flow-matching start, for reproducing a recorded run; None draws it (from `generator`)."""
         nets = self.networks
-        s2mel = nets.s2mel
         content = nets.codec.decode(codes.reshape(1, -1).to(self.device))
         mel_frames = target_mel_frames_2_5(content.shape[1], duration_ratio)
-        condition, _ = s2mel.length_regulator(content, torch.tensor([mel_frames], device=self.device))
-        full_condition = torch.cat([speaker.prompt_condition, condition], dim=1)
-        mel = s2mel.cfm.inference(
-            full_condition,
-            torch.tensor([full_condition.shape[1]], device=self.device),
-            speaker.ref_mel,
-            speaker.style,
-            diffusion_steps,
-            cfg_rate=cfg_rate,
-            generator=generator,
-            noise=noise,
-        )
-        mel = mel[:, :, speaker.ref_mel.shape[-1]:]
-        waveform = nets.bigvgan(mel)[0, 0]
-        return waveform.float().cpu().numpy(), mel_frames
-
-    @torch.inference_mode()
-    def synthesize_segment(
-        self,
-        speaker: SpeakerPrompt25,
-        emovec: torch.Tensor,
-        text_ids: list[int] | torch.Tensor,
-        language: int | None,
-        sampling: SamplingConfig,
-        duration_ratio: float = 1.0,
-        diffusion_steps: int = defaults.DIFFUSION_STEPS,
-        cfg_rate: float = defaults.CFG_RATE,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-        official_positions: bool = True,
-    ) -> tuple[np.ndarray, torch.Tensor, int]:
-        """One text segment -> (waveform float32, codes, mel frames)."""
-        codes = self.generate_codes(speaker, emovec, text_ids, language, sampling, official_positions)
-        if codes.numel() == 0:
-            return np.zeros(0, dtype=np.float32), codes, 0
-        waveform, mel_frames = self.codes_to_waveform(
-            speaker, codes, duration_ratio, diffusion_steps, cfg_rate, generator, noise
-        )
-        return waveform, codes, mel_frames
+        waveform = content_to_waveform(nets, speaker, content, mel_frames, diffusion_steps, cfg_rate, generator, noise)
+        return waveform, mel_frames
 
     def synthesize_segments(
         self,
@@ -223,15 +188,15 @@ class EagerPipeline25:
         emovec = self.emotion_vector(speaker, emotion, emo_alpha, emo_weights)
         prepared = frontend.prepare(text, language, max_text_tokens_per_segment)
         for index, text_ids in enumerate(prepared.segments):
-            segment_sampling, generator = sampling, None
-            segment_seed = rules.segment_seed(seed, index)
-            if segment_seed is not None:
-                segment_sampling = SamplingConfig(**{**sampling.__dict__, "seed": segment_seed})
-                generator = torch.Generator(device="cpu").manual_seed(segment_seed)
-            yield self.synthesize_segment(
-                speaker, emovec, text_ids, prepared.language_id, segment_sampling, duration_ratio,
-                diffusion_steps, cfg_rate, generator=generator,
+            segment_sampling, generator = sampling_of_segment(sampling, seed, index)
+            codes = self.generate_codes(speaker, emovec, text_ids, prepared.language_id, segment_sampling)
+            if codes.numel() == 0:  # the stop code came first: the segment says nothing
+                yield np.zeros(0, dtype=np.float32), codes, 0
+                continue
+            waveform, mel_frames = self.codes_to_waveform(
+                speaker, codes, duration_ratio, diffusion_steps, cfg_rate, generator
             )
+            yield waveform, codes, mel_frames
 
     def synthesize(self, text: str, speaker_samples: np.ndarray, speaker_sample_rate: int,
                    **options: Any) -> SynthesisResult:

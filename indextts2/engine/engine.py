@@ -427,8 +427,7 @@ class DecoderEngine:
         sequence.inputs = None
         language = sequence.request.language
         prefix = self.model.build_prefix(
-            latents.to(self.device, self.dtype), emotion.to(self.device, self.dtype), text.to(self.device),
-            **({} if language is None else {"language": language}),
+            latents.to(self.device, self.dtype), emotion.to(self.device, self.dtype), text.to(self.device), language
         )
         if prefix.shape[0] != sequence.prefix_len:
             raise RuntimeError(f"prefix has {prefix.shape[0]} tokens, expected {sequence.prefix_len}")

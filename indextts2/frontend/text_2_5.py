@@ -34,7 +34,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -334,26 +334,23 @@ class TextFrontend25:
                     continue
                 if self._token_len(part) <= budget:
                     chunks.append(part)
-                    continue
-                current = ""
-                for char in part:
-                    if current and self._token_len(current + char) > budget:
-                        chunks.append(current)
-                        current = char
-                    else:
-                        current += char
-                if current:
-                    chunks.append(current)
-        segments, current = [], ""
-        for chunk in chunks:
-            if current and self._token_len(current + chunk) > budget:
-                segments.append(current)
-                current = chunk
+                else:
+                    chunks.extend(self._pack(part, budget))  # cut between characters
+        return self._pack(chunks, budget) or [text]
+
+    def _pack(self, pieces: Iterable[str], budget: int) -> list[str]:
+        """Consecutive pieces joined greedily into strings of at most `budget` tokens (a piece over the
+        budget on its own stays whole)."""
+        packed, current = [], ""
+        for piece in pieces:
+            if current and self._token_len(current + piece) > budget:
+                packed.append(current)
+                current = piece
             else:
-                current += chunk
+                current += piece
         if current:
-            segments.append(current)
-        return segments or [text]
+            packed.append(current)
+        return packed
 
     # --- the whole pipeline ---------------------------------------------------------------------
 

@@ -35,38 +35,24 @@ from indextts2.checkpoint import (
     torch_load,
     unfold_weight_norm,
 )
-from indextts2.networks.semantic_codec import ResidualQuantizer, VocosBackbone
+from indextts2.networks.semantic_codec import WEIGHT_NORMED, CodecSizes
 
 CODEC_FILE = "codec.pth"
 # The codec changes the frame rate by exactly this factor (stride-2 conv, nearest x2 interpolation).
 FRAME_RATE_FACTOR = 2
-_WEIGHT_NORMED = ("quantizer.quantizers.0.in_project.weight", "quantizer.quantizers.0.out_project.weight")
 
 
 class EnhancedCodec(nn.Module):
-    def __init__(
-        self,
-        codebook_size: int = 8192,
-        hidden_size: int = 1024,
-        codebook_dim: int = 8,
-        vocos_dim: int = 384,
-        vocos_intermediate_dim: int = 2048,
-        vocos_num_layers: int = 12,
-    ) -> None:
+    def __init__(self, sizes: CodecSizes) -> None:
         super().__init__()
-        self.codebook_size = codebook_size
+        hidden_size = sizes.hidden_size
+        self.codebook_size = sizes.codebook_size
         self.hidden_size = hidden_size
         self.down = nn.Conv1d(hidden_size, hidden_size, kernel_size=3, stride=2, padding=1)
         self.up = nn.Conv1d(hidden_size, hidden_size, kernel_size=3, stride=1, padding=1)
-        self.encoder = nn.Sequential(
-            VocosBackbone(hidden_size, vocos_dim, vocos_intermediate_dim, vocos_num_layers),
-            nn.Linear(vocos_dim, hidden_size),
-        )
-        self.decoder = nn.Sequential(
-            VocosBackbone(hidden_size, vocos_dim, vocos_intermediate_dim, vocos_num_layers),
-            nn.Linear(vocos_dim, hidden_size),
-        )
-        self.quantizer = ResidualQuantizer(hidden_size, codebook_size, codebook_dim)
+        self.encoder = sizes.vocos()
+        self.decoder = sizes.vocos()
+        self.quantizer = sizes.quantizer()
 
     # --- quantize (25 Hz codes of 50 Hz features) -----------------------------------------------------
 
@@ -80,9 +66,7 @@ class EnhancedCodec(nn.Module):
 
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, hidden) -> (codes (B, ceil(T/2)) int64, quantized embeddings (B, ceil(T/2), hidden))."""
-        vq = self.quantizer.quantizers[0]
-        codes = vq.nearest_code(vq.project_in(self.encode(x)))
-        return codes, vq.embed(codes)
+        return self.quantizer.quantizers[0].quantize(self.encode(x))
 
     # --- decode (what inference runs) --------------------------------------------------------------
 
@@ -103,24 +87,14 @@ class EnhancedCodec(nn.Module):
 
 def build_codec_2_5(codec_config: Mapping[str, Any]) -> EnhancedCodec:
     """EnhancedCodec from the `semantic_codec` section of config.yaml, in eval mode."""
-    num_quantizers = int(codec_config.get("num_quantizers", 1))
-    if num_quantizers != 1:
-        raise ValueError(f"semantic_codec.num_quantizers={num_quantizers}: only 1 is supported")
+    sizes = CodecSizes.from_config(codec_config)
     downsample = codec_config.get("downsample_scale", 2)  # the official constructor's default
     if downsample is None or float(downsample) <= 1:
         raise ValueError(
             f"semantic_codec.downsample_scale={downsample}: IndexTTS-2.5's codec needs a value > 1 "
             "(the official decode fails without its down/up convolutions)"
         )
-    model = EnhancedCodec(
-        codebook_size=int(codec_config["codebook_size"]),
-        hidden_size=int(codec_config["hidden_size"]),
-        codebook_dim=int(codec_config["codebook_dim"]),
-        vocos_dim=int(codec_config["vocos_dim"]),
-        vocos_intermediate_dim=int(codec_config["vocos_intermediate_dim"]),
-        vocos_num_layers=int(codec_config["vocos_num_layers"]),
-    )
-    return model.eval()
+    return EnhancedCodec(sizes).eval()
 
 
 def codec_2_5_state_dict_from_official(official: Mapping[str, Any], source: str | Path) -> dict[str, torch.Tensor]:
@@ -153,4 +127,4 @@ def load_codec_2_5(codec_config: Mapping[str, Any], path: str | Path) -> Enhance
 def codec_2_5_official_checkpoint(model: EnhancedCodec) -> dict[str, dict[str, torch.Tensor]]:
     """`model` in the official codec.pth layout (weight_g/weight_v pairs), for `torch.save`."""
     ours = {key: tensor.detach().cpu().clone().contiguous() for key, tensor in model.state_dict().items()}
-    return {"model": unfold_weight_norm(ours, list(_WEIGHT_NORMED))}
+    return {"model": unfold_weight_norm(ours, list(WEIGHT_NORMED))}

@@ -27,15 +27,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from indextts2.checkpoint import CheckpointError, load_state_dict_strict, torch_load
+from indextts2.checkpoint_version import VERSION_2_0
 from indextts2.networks.conformer import ConformerEncoder
 from indextts2.networks.perceiver import PerceiverResampler
+
+# CAMPPlus embedding width (hard-coded in the official IndexTTS-2.5 `nn.Linear(192, model_dim)`).
+CAMPPLUS_DIM = 192
+# len(LANGUAGE_DICT) of the official IndexTTS-2.5 tokenizer module (99 whisper languages, yue, minnan,
+# wuyu, dialect, zh/en, en/zh, common); the table has one more row.
+NUM_LANGUAGES = 106
 
 # ---------------------------------------------------------------------------------------------------
 # GPT-2 body
@@ -293,9 +300,18 @@ class GenerationOutput:
 class UnifiedVoice(nn.Module):
     """The IndexTTS-2 GPT with its conditioners. Built from the `gpt` section of config.yaml.
 
-    `feature_dim` (w2v-BERT width, 1024), `emo_perceiver_dim` (1024) and `perceiver_dim_head` (64) are
-    hard-coded in the official code and kept as arguments with those defaults.
+    `feature_dim` (w2v-BERT width, 1024), `emo_perceiver_dim` (1024), `perceiver_dim_head` (64) and
+    `style_dim` (CAMPPlus width, 192) are hard-coded in the official code and kept as arguments with
+    those defaults.
+
+    `spk_cond_mode` is the official config key that tells the versions apart: "conformer" (IndexTTS-2.0:
+    a speaker conformer + perceiver and `speed_emb`) or "campplus" (IndexTTS-2.5, `UnifiedVoice25`:
+    `spk_emb_proj` of the CAMPPlus style and `lang_embedding`; `condition_module` is read by the official
+    code but unused).
     """
+
+    spk_cond_mode = "conformer"
+    version = VERSION_2_0
 
     def __init__(
         self,
@@ -310,16 +326,21 @@ class UnifiedVoice(nn.Module):
         stop_text_token: int,
         start_mel_token: int,
         stop_mel_token: int,
-        condition_module: Mapping[str, Any],
         emo_condition_module: Mapping[str, Any],
+        condition_module: Mapping[str, Any] | None = None,
         condition_num_latent: int = 32,
         max_conditioning_inputs: int = 1,
         feature_dim: int = 1024,
         emo_perceiver_dim: int = 1024,
         perceiver_dim_head: int = 64,
         zero_conformer_padding: bool = True,
+        style_dim: int = CAMPPLUS_DIM,
+        num_languages: int = NUM_LANGUAGES,
     ):
         super().__init__()
+        campplus = self.spk_cond_mode == "campplus"
+        if not campplus and condition_module is None:
+            raise TypeError("UnifiedVoice needs condition_module (the speaker conformer/perceiver)")
         self.model_dim = model_dim
         self.heads = heads
         self.max_text_tokens = max_text_tokens
@@ -341,16 +362,22 @@ class UnifiedVoice(nn.Module):
                 zero_padding_after_glu=zero_conformer_padding,
             )
 
-        self.conditioning_encoder = conformer(condition_module)
-        self.perceiver_encoder = PerceiverResampler(
-            model_dim,
-            dim_context=condition_module["output_size"],
-            num_latents=condition_num_latent,
-            heads=condition_module["attention_heads"],
-            dim_head=perceiver_dim_head,
-            ff_mult=condition_module["perceiver_mult"],
-        )
-        self.speed_emb = nn.Embedding(2, model_dim)
+        # Each mode keeps its own order of creation: a seeded random initialisation (the demo presets)
+        # draws the weights in that order, so another order would change the demo checkpoints.
+        if campplus:
+            self.num_languages = num_languages
+            self.spk_emb_proj = nn.Linear(style_dim, model_dim)
+        else:
+            self.conditioning_encoder = conformer(condition_module)
+            self.perceiver_encoder = PerceiverResampler(
+                model_dim,
+                dim_context=condition_module["output_size"],
+                num_latents=condition_num_latent,
+                heads=condition_module["attention_heads"],
+                dim_head=perceiver_dim_head,
+                ff_mult=condition_module["perceiver_mult"],
+            )
+            self.speed_emb = nn.Embedding(2, model_dim)
         self.emo_conditioning_encoder = conformer(emo_condition_module)
         self.emo_perceiver_encoder = PerceiverResampler(
             emo_perceiver_dim,
@@ -360,10 +387,15 @@ class UnifiedVoice(nn.Module):
             dim_head=perceiver_dim_head,
             ff_mult=emo_condition_module["perceiver_mult"],
         )
-        self.emovec_layer = nn.Linear(emo_perceiver_dim, model_dim)
-        self.emo_layer = nn.Linear(model_dim, model_dim)
-
-        self.text_embedding = nn.Embedding(number_text_tokens + 1, model_dim)
+        if campplus:
+            self.text_embedding = nn.Embedding(number_text_tokens + 1, model_dim)
+            self.lang_embedding = nn.Embedding(num_languages + 1, model_dim)
+            self.emo_layer = nn.Linear(model_dim, model_dim)
+            self.emovec_layer = nn.Linear(emo_perceiver_dim, model_dim)
+        else:
+            self.emovec_layer = nn.Linear(emo_perceiver_dim, model_dim)
+            self.emo_layer = nn.Linear(model_dim, model_dim)
+            self.text_embedding = nn.Embedding(number_text_tokens + 1, model_dim)
         self.mel_embedding = nn.Embedding(number_mel_codes, model_dim)
         self.gpt = GPT2Model(model_dim, layers, heads)
         self.mel_pos_embedding = LearnedPositionEmbedding(max_mel_tokens + 2 + max_conditioning_inputs, model_dim)
@@ -433,15 +465,29 @@ class UnifiedVoice(nn.Module):
         """Code + mel-position embeddings. codes, positions (B, T) int64 -> (B, T, d)."""
         return self.mel_embedding(codes) + self.mel_pos_embedding(positions)
 
+    def language_row(self, language: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+        """lang_embedding of one language id (an index into the official LANGUAGE_DICT). -> (d,)."""
+        if not self.uses_language:
+            raise ValueError("this GPT (IndexTTS-2.0) takes no language id")
+        language = int(language)
+        if not 0 <= language < self.lang_embedding.num_embeddings:
+            raise ValueError(f"language id {language} outside [0, {self.lang_embedding.num_embeddings})")
+        return self.lang_embedding(torch.tensor(language, device=device))
+
     def build_prefix(
-        self, speaker_latents: torch.Tensor, emo_vec: torch.Tensor, text_ids: torch.Tensor
+        self,
+        speaker_latents: torch.Tensor,
+        emo_vec: torch.Tensor,
+        text_ids: torch.Tensor,
+        language: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Decoding prefix of one sequence: conditioning (N + 2) then [start_text, ids, stop_text].
 
         speaker_latents (N, d) or (1, N, d); emo_vec (d,) or (1, d); text_ids (L,) or (1, L).
         Ids equal to start_text/stop_text are dropped first, as the official `prepare_gpt_inputs` does
-        (the teacher-forced `forward` keeps them). -> (N + 2 + L' + 2, d); the start-mel token is not
-        included.
+        (the teacher-forced `forward` keeps them). `language` (IndexTTS-2.5 only): `lang_embedding(language)`
+        is added to every text row; None adds nothing (the official `langs=None` call). -> (N + 2 + L' + 2,
+        d); the start-mel token is not included.
         """
         speaker_latents = speaker_latents.reshape(1, -1, speaker_latents.shape[-1])
         emo_vec = emo_vec.reshape(1, -1)
@@ -455,8 +501,10 @@ class UnifiedVoice(nn.Module):
             ]
         )
         conditioning = self.conditioning_prefix(speaker_latents, emo_vec)
-        text = self.text_embeddings(framed.unsqueeze(0)).to(conditioning.dtype)
-        return torch.cat([conditioning, text], dim=1).squeeze(0)
+        text = self.text_embeddings(framed.unsqueeze(0))
+        if language is not None:
+            text = text + self.language_row(language, text.device)
+        return torch.cat([conditioning, text.to(conditioning.dtype)], dim=1).squeeze(0)
 
     # --- teacher forcing ----------------------------------------------------------------------------
 
@@ -567,8 +615,7 @@ class UnifiedVoice(nn.Module):
         sampling = sampling or SamplingConfig()
         if language is not None and not self.uses_language:
             raise ValueError("this GPT (IndexTTS-2.0) takes no language id")
-        prefix_options = {} if language is None else {"language": language}
-        prefix = self.build_prefix(speaker_latents, emo_vec, text_ids, **prefix_options).unsqueeze(0)  # (1, P, d)
+        prefix = self.build_prefix(speaker_latents, emo_vec, text_ids, language).unsqueeze(0)  # (1, P, d)
         device, dtype = prefix.device, prefix.dtype
         prefix_len = prefix.shape[1]
         max_codes = self.max_mel_tokens - 1 if sampling.max_codes is None else sampling.max_codes
@@ -657,35 +704,48 @@ class UnifiedVoice(nn.Module):
 # Building and loading
 # ---------------------------------------------------------------------------------------------------
 
-# Keys of the config.yaml `gpt` section that only matter for training or for variants IndexTTS-2 does
-# not use; each maps to the value our network assumes.
+# Keys of the config.yaml `gpt` section that only matter for training or for variants not used; each
+# maps to the value our network assumes. `spk_cond_mode` must be the network's own (`UnifiedVoice.
+# spk_cond_mode`); `condition_type` configures the 2.0 speaker encoder, which the campplus mode (2.5)
+# does not build, so only 2.0 checks it.
 _FIXED_GPT_KEYS: dict[str, Any] = {
     "use_mel_codes_as_input": True,
     "train_solo_embeddings": False,
-    "condition_type": "conformer_perceiver",
     "types": 1,
-    "spk_cond_mode": "conformer",
 }
 _IGNORED_GPT_KEYS = {"mel_length_compression", "checkpointing", "use_accel"}
 
+Network = TypeVar("Network", bound=UnifiedVoice)  # UnifiedVoice or UnifiedVoice25
 
-def build_gpt(gpt_config: Mapping[str, Any], **overrides: Any) -> UnifiedVoice:
-    """A randomly initialised `UnifiedVoice` from the config.yaml `gpt` section (a plain dict).
 
-    `overrides` go to the constructor (e.g. `zero_conformer_padding`).
-    """
+def build_unified_voice(network: type[Network], gpt_config: Mapping[str, Any], **overrides: Any) -> Network:
+    """A randomly initialised `network` (UnifiedVoice or UnifiedVoice25) from the config.yaml `gpt`
+    section (a plain dict). `overrides` go to the constructor (e.g. `zero_conformer_padding`)."""
+    fixed = {**_FIXED_GPT_KEYS, "spk_cond_mode": network.spk_cond_mode}
+    ignored = set(_IGNORED_GPT_KEYS)
+    if network.spk_cond_mode == "conformer":
+        fixed["condition_type"] = "conformer_perceiver"
+    else:
+        ignored.add("condition_type")
     kwargs: dict[str, Any] = {}
     for key, value in gpt_config.items():
-        if key in _FIXED_GPT_KEYS:
-            if value != _FIXED_GPT_KEYS[key]:
-                raise ValueError(f"gpt config {key}={value!r} is not supported (IndexTTS-2 uses {_FIXED_GPT_KEYS[key]!r})")
-        elif key not in _IGNORED_GPT_KEYS:
+        if key in fixed:
+            if value != fixed[key]:
+                raise ValueError(
+                    f"gpt config {key}={value!r} is not supported (IndexTTS-{network.version} uses {fixed[key]!r})"
+                )
+        elif key not in ignored:
             kwargs[key] = value
     kwargs.update(overrides)
     try:
-        return UnifiedVoice(**kwargs)
+        return network(**kwargs)
     except TypeError as error:
-        raise ValueError(f"gpt config does not fit UnifiedVoice: {error}") from error
+        raise ValueError(f"gpt config does not fit the IndexTTS-{network.version} UnifiedVoice: {error}") from error
+
+
+def build_gpt(gpt_config: Mapping[str, Any], **overrides: Any) -> UnifiedVoice:
+    """A randomly initialised IndexTTS-2.0 `UnifiedVoice` from the config.yaml `gpt` section."""
+    return build_unified_voice(UnifiedVoice, gpt_config, **overrides)
 
 
 # Keys only one version's GPT has; in a file given to the other version's loader they say which it is.
@@ -710,15 +770,25 @@ def gpt_version_hint(keys: Any, expected: str) -> str:
     return ""
 
 
-def load_gpt(gpt_config: Mapping[str, Any], path: str | Path, **overrides: Any) -> UnifiedVoice:
-    """Build from the config and load the official `gpt.pth` (a plain state dict) strictly, in eval mode."""
+def load_unified_voice(
+    network: type[Network], gpt_config: Mapping[str, Any], path: str | Path, **overrides: Any
+) -> Network:
+    """Build `network` from the config and load the official `gpt.pth` (a plain state dict) strictly,
+    in eval mode; a file of the other IndexTTS version is refused with a message that says so."""
     state_dict = torch_load(path)
     if isinstance(state_dict, Mapping) and "model" in state_dict and not torch.is_tensor(state_dict["model"]):
         state_dict = state_dict["model"]  # the official loader accepts this wrapper too
-    model = build_gpt(gpt_config, **overrides)
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state_dict).__name__}")
+    model = build_unified_voice(network, gpt_config, **overrides)
     try:
         load_state_dict_strict(model, state_dict, path)
     except CheckpointError as error:
-        hint = gpt_version_hint(state_dict, "2.0")
+        hint = gpt_version_hint(state_dict, network.version)
         raise CheckpointError(f"{error}\n  ({hint})" if hint else str(error)) from None
     return model.eval()
+
+
+def load_gpt(gpt_config: Mapping[str, Any], path: str | Path, **overrides: Any) -> UnifiedVoice:
+    """Build from the config and load the official IndexTTS-2.0 `gpt.pth` strictly, in eval mode."""
+    return load_unified_voice(UnifiedVoice, gpt_config, path, **overrides)

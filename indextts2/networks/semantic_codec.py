@@ -20,6 +20,7 @@ weight-normed (`weight_g`/`weight_v`); this network holds the folded weights.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ from indextts2.checkpoint import CheckpointError, fold_weight_norm, load_state_d
 
 # Inference never runs the reconstruction half of the official RepCodec.
 UNUSED_PREFIX = "decoder."
-_WEIGHT_NORMED = ("quantizer.quantizers.0.in_project.weight", "quantizer.quantizers.0.out_project.weight")
+# The tensors that the official files of both codecs (RepCodec, 2.5's EnhancedCodec) store weight-normed.
+WEIGHT_NORMED = ("quantizer.quantizers.0.in_project.weight", "quantizer.quantizers.0.out_project.weight")
 
 
 class ConvNeXtBlock(nn.Module):
@@ -97,6 +99,11 @@ class FactorizedVectorQuantizer(nn.Module):
         rows = F.embedding(codes, self.codebook.weight)
         return self.out_project(rows.transpose(1, 2)).transpose(1, 2)
 
+    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, hidden) -> (codes (B, T) int64, quantized embeddings (B, T, hidden))."""
+        codes = self.nearest_code(self.project_in(x))
+        return codes, self.embed(codes)
+
 
 class ResidualQuantizer(nn.Module):
     """Holds the official `quantizers` list. IndexTTS-2 uses exactly one quantizer, so nothing is residual."""
@@ -106,24 +113,46 @@ class ResidualQuantizer(nn.Module):
         self.quantizers = nn.ModuleList([FactorizedVectorQuantizer(hidden_size, codebook_size, codebook_dim)])
 
 
-class RepCodec(nn.Module):
-    def __init__(
-        self,
-        codebook_size: int = 8192,
-        hidden_size: int = 1024,
-        codebook_dim: int = 8,
-        vocos_dim: int = 384,
-        vocos_intermediate_dim: int = 2048,
-        vocos_num_layers: int = 12,
-    ) -> None:
-        super().__init__()
-        self.codebook_size = codebook_size
-        self.hidden_size = hidden_size
-        self.encoder = nn.Sequential(
-            VocosBackbone(hidden_size, vocos_dim, vocos_intermediate_dim, vocos_num_layers),
-            nn.Linear(vocos_dim, hidden_size),
+@dataclass(frozen=True)
+class CodecSizes:
+    """The sizes of a semantic codec (RepCodec, or 2.5's EnhancedCodec), from the `semantic_codec`
+    section of config.yaml; the defaults are the official ones."""
+
+    codebook_size: int = 8192
+    hidden_size: int = 1024
+    codebook_dim: int = 8
+    vocos_dim: int = 384
+    vocos_intermediate_dim: int = 2048
+    vocos_num_layers: int = 12
+
+    @classmethod
+    def from_config(cls, codec_config: Mapping[str, Any]) -> CodecSizes:
+        """The sizes of the config section. The official codecs also read `num_quantizers`; IndexTTS-2
+        uses 1 (the default), and anything else is refused rather than silently ignored."""
+        num_quantizers = int(codec_config.get("num_quantizers", 1))
+        if num_quantizers != 1:
+            raise ValueError(f"semantic_codec.num_quantizers={num_quantizers}: only 1 is supported")
+        return cls(**{field.name: int(codec_config[field.name]) for field in fields(cls)})
+
+    def vocos(self) -> nn.Sequential:
+        """Vocos backbone -> Linear back to the hidden width: RepCodec's encoder (and EnhancedCodec's
+        encoder and decoder)."""
+        return nn.Sequential(
+            VocosBackbone(self.hidden_size, self.vocos_dim, self.vocos_intermediate_dim, self.vocos_num_layers),
+            nn.Linear(self.vocos_dim, self.hidden_size),
         )
-        self.quantizer = ResidualQuantizer(hidden_size, codebook_size, codebook_dim)
+
+    def quantizer(self) -> ResidualQuantizer:
+        return ResidualQuantizer(self.hidden_size, self.codebook_size, self.codebook_dim)
+
+
+class RepCodec(nn.Module):
+    def __init__(self, sizes: CodecSizes) -> None:
+        super().__init__()
+        self.codebook_size = sizes.codebook_size
+        self.hidden_size = sizes.hidden_size
+        self.encoder = sizes.vocos()
+        self.quantizer = sizes.quantizer()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, hidden) -> encoder output (B, T, hidden), the quantizer's input."""
@@ -131,9 +160,7 @@ class RepCodec(nn.Module):
 
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, hidden) features -> (codes (B, T) int64, quantized embeddings (B, T, hidden))."""
-        vq = self.quantizer.quantizers[0]
-        codes = vq.nearest_code(vq.project_in(self.encode(x)))
-        return codes, vq.embed(codes)
+        return self.quantizer.quantizers[0].quantize(self.encode(x))
 
     def vq2emb(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, T) codes -> (B, T, hidden).
@@ -152,24 +179,14 @@ class RepCodec(nn.Module):
 def build_semantic_codec(codec_config: Mapping[str, Any]) -> RepCodec:
     """RepCodec from the `semantic_codec` section of config.yaml, in eval mode.
 
-    The official RepCodec also reads `num_quantizers` and `downsample_scale`; IndexTTS-2 uses 1 for
-    both (their defaults), and anything else is refused rather than silently ignored.
+    The official RepCodec also reads `downsample_scale`; IndexTTS-2 uses 1 (none, the default), and
+    anything else is refused rather than silently ignored.
     """
-    num_quantizers = int(codec_config.get("num_quantizers", 1))
-    if num_quantizers != 1:
-        raise ValueError(f"semantic_codec.num_quantizers={num_quantizers}: only 1 is supported")
+    sizes = CodecSizes.from_config(codec_config)
     downsample = codec_config.get("downsample_scale")
     if downsample is not None and int(downsample) > 1:
         raise ValueError(f"semantic_codec.downsample_scale={downsample}: only 1 (none) is supported")
-    model = RepCodec(
-        codebook_size=int(codec_config["codebook_size"]),
-        hidden_size=int(codec_config["hidden_size"]),
-        codebook_dim=int(codec_config["codebook_dim"]),
-        vocos_dim=int(codec_config["vocos_dim"]),
-        vocos_intermediate_dim=int(codec_config["vocos_intermediate_dim"]),
-        vocos_num_layers=int(codec_config["vocos_num_layers"]),
-    )
-    return model.eval()
+    return RepCodec(sizes).eval()
 
 
 def semantic_codec_state_dict_from_official(
@@ -205,7 +222,7 @@ def semantic_codec_official_state_dict(model: RepCodec) -> dict[str, torch.Tenso
     inference never runs it, so it is filled with copies of the encoder tensors.
     """
     ours = {key: tensor.detach().clone().contiguous() for key, tensor in model.state_dict().items()}
-    official = unfold_weight_norm(ours, list(_WEIGHT_NORMED))
+    official = unfold_weight_norm(ours, list(WEIGHT_NORMED))
     for key, tensor in ours.items():
         if key.startswith("encoder."):
             official[UNUSED_PREFIX + key[len("encoder.") :]] = tensor.clone()
