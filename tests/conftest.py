@@ -4,6 +4,7 @@ lives outside the repository, in ../shared/golden by default, or where INDEXTTS2
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,16 @@ def _export(checkpoint, tmp_path_factory, name: str):
 
 @pytest.fixture(scope="session")
 def demo_repository(tmp_path_factory, demo_checkpoint):
-    """The demo preset's model repository."""
-    return _export(demo_checkpoint, tmp_path_factory, "demo_repository")
+    """The demo preset's model repository, its s2mel on one instance: the tests that hold s2mel with a long
+    request need to know where the next one waits. test_triton_s2mel also serves the shipped two-instance
+    config."""
+    exported = _export(demo_checkpoint, tmp_path_factory, "demo_repository")
+    config = exported.repository / "s2mel" / "config.pbtxt"
+    text, found = re.subn(r"^instance_group \[ \{ count: 2 \} \]$", "instance_group [ { count: 1 } ]",
+                          config.read_text(), flags=re.MULTILINE)
+    assert found == 1, "s2mel's instance_group is not the shipped one"
+    config.write_text(text)
+    return exported
 
 
 # Test-only copies of two served models, loaded next to the real ones by the session's server:

@@ -10,6 +10,7 @@ import re
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -313,3 +314,52 @@ def test_a_client_timeout_rejects_a_request_still_waiting_in_the_queue(s2mel_ser
     after = _s2mel_metrics(s2mel_server)
     # Only the blocker ran: the waiting request never reached the model.
     assert _grown(before, after, 's2mel_batch_frames_total{kind="real"}') == blocker.frames
+
+
+# --- the shipped config: two instances ---
+
+TWO_INSTANCES = "s2mel_two_instances"
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "model_repository" / "s2mel" / "config.pbtxt"
+
+
+@pytest.fixture(scope="module")
+def two_instance_model(s2mel_server) -> str:
+    """A copy of the session's s2mel (one instance, see conftest) with the shipped instance_group."""
+    shipped = [line for line in SHIPPED_CONFIG.read_text().splitlines() if line.startswith("instance_group")]
+    assert shipped == ["instance_group [ { count: 2 } ]"]
+    repository = s2mel_server.model_repository
+    shutil.copytree(repository / "s2mel", repository / TWO_INSTANCES, ignore=shutil.ignore_patterns("__pycache__"))
+    config = (repository / TWO_INSTANCES / "config.pbtxt").read_text()
+    config = config.replace('name: "s2mel"', f'name: "{TWO_INSTANCES}"')
+    config, found = re.subn(r"^instance_group .*$", shipped[0], config, flags=re.MULTILINE)
+    assert found == 1
+    (repository / TWO_INSTANCES / "config.pbtxt").write_text(config)
+    client = grpcclient.InferenceServerClient(s2mel_server.grpc_url)
+    client.load_model(TWO_INSTANCES)
+    yield TWO_INSTANCES
+    client.unload_model(TWO_INSTANCES)
+
+
+def test_the_shipped_second_instance_serves_while_the_first_is_held(s2mel_server, two_instance_model, demo_networks):
+    """With one instance, a request that waits behind a long one is rejected unrun when its queue timeout
+    runs out (test_a_client_timeout_rejects_a_request_still_waiting_in_the_queue). With the shipped two, it
+    runs on the other instance meanwhile and gets its solo result; both instances count in s2mel's
+    metrics."""
+    blocker = _long_request(seed=21)
+    request = _request(np.random.default_rng(22), codes=12, prompt_frames=20, seed=0)
+    alone = S2MelBatcher(demo_networks.s2mel, demo_networks.semantic_codec).run([request])[0].numpy()
+    before = _s2mel_metrics(s2mel_server, two_instance_model)
+    blocking = _abandoned_call(s2mel_server.grpc_url, blocker, after_s=15.0, model=two_instance_model)
+    time.sleep(1.0)
+    served = _infer(s2mel_server.grpc_url, request, two_instance_model, timeout=5_000_000, client_timeout=60)
+    blocking.join(timeout=60)
+    np.testing.assert_allclose(served, alone, atol=1e-4)
+    deadline = time.monotonic() + 30  # the held instance stops at its next diffusion step
+    while True:
+        after = _s2mel_metrics(s2mel_server, two_instance_model)
+        stopped = _grown(before, after, 's2mel_requests_stopped_total{reason="cancelled"}')
+        if stopped or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert stopped == 1
+    assert _grown(before, after, 's2mel_batch_frames_total{kind="real"}') == blocker.frames + request.frames
