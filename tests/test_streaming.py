@@ -114,9 +114,9 @@ def test_chunks_arrive_before_the_gpt_has_finished_the_segment(settings_with_voi
     assert len(finished_at) == 1
     assert first_audio_at is not None and first_audio_at < finished_at[0], "the first audio waited for the segment"
     assert len(s2mel_codes) >= 2 and s2mel_codes[0] < 249, s2mel_codes
-    # Chunk 0: the 6 s speaker prompt cut to STREAM_PROMPT_SECONDS (3 s = 258 frames); later chunks: no
+    # Chunk 0: the 6 s speaker prompt cut to STREAM_PROMPT_SECONDS (2 s = 172 frames); later chunks: no
     # speaker prompt, the mel already rendered as theirs.
-    assert prompt_frames[0] == (258, 258), prompt_frames
+    assert prompt_frames[0] == (172, 172), prompt_frames
     assert all(condition == 0 and 0 < mel for mel, condition in prompt_frames[1:]), prompt_frames
     # The chunks make one WAV as long as the 249 codes call for (s2mel frames x 256 samples).
     assert _pcm(stream).shape[0] == round(249 * 1.72) * 256
