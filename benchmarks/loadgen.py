@@ -60,15 +60,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from indextts2 import defaults
+from orchestrator.settings import Settings
 from orchestrator.testing import speech_like_wav
 
 WAV_HEADER_BYTES = 44  # orchestrator.wav's header, whole or streamed
-DEFAULT_REQUEST_TIMEOUT_S = 120.0  # the orchestrator's REQUEST_TIMEOUT_S default
+DEFAULT_REQUEST_TIMEOUT_S = Settings.request_timeout_s  # the orchestrator's default budget
 # The client waits this much longer than the budget it sends, so that a server that keeps to the budget
 # answers (504) before the client gives up.
 CLIENT_GRACE_S = 5.0
 OUTCOMES = ("200", "503", "504", "other")
-SAMPLE_RATE = 22050
+SAMPLE_RATE = defaults.OUTPUT_SAMPLE_RATE
 BYTES_PER_SAMPLE = 2
 
 # Three lengths: one short sentence, a few sentences, and a paragraph that takes two segments of

@@ -148,7 +148,7 @@ class EagerPipeline:
         duration_ratio: float = 1.0,
         sampling: SamplingConfig = OFFICIAL_SAMPLING,
         diffusion_steps: int = defaults.DIFFUSION_STEPS,
-        max_text_tokens_per_segment: int = 120,
+        max_text_tokens_per_segment: int = defaults.MAX_TEXT_TOKENS_PER_SEGMENT,
         official_second_pass: bool = False,
         seed: int | None = None,
         cfg_rate: float = defaults.CFG_RATE,

@@ -37,9 +37,8 @@ import soxr
 import torch
 import torch.nn.functional as F
 
-MAX_PROMPT_SECONDS = 15.0
-S2MEL_SAMPLE_RATE = 22050
-FEATURE_SAMPLE_RATE = 16000
+from indextts2.defaults import FEATURE_SAMPLE_RATE, MAX_PROMPT_SECONDS
+from indextts2.defaults import OUTPUT_SAMPLE_RATE as S2MEL_SAMPLE_RATE
 
 # What an upload may declare in its header. Outside this the file is refused before any sample is decoded:
 # a 1 Hz header on a small WAV would otherwise stand for hours of audio.

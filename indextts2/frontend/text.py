@@ -19,6 +19,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from indextts2.defaults import MAX_TEXT_TOKENS_PER_SEGMENT
 from indextts2.frontend.normalizer import TextNormalizer, load_normalizer
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
     "split_pieces",
 ]
 
-MAX_TEXT_TOKENS_PER_SEGMENT = 120  # infer_v2.py default for max_text_tokens_per_segment
 START_TEXT_TOKEN = 0  # gpt.start_text_token: the bpe.model's <s>
 STOP_TEXT_TOKEN = 1  # gpt.stop_text_token: the bpe.model's </s>
 

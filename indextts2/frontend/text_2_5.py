@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indextts2.defaults import SERVED_LANGUAGES_2_5
+from indextts2.defaults import MAX_TEXT_TOKENS_PER_SEGMENT, SERVED_LANGUAGES_2_5
 
 __all__ = [
     "LANGUAGES",
@@ -77,7 +77,6 @@ PAT_STR = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?
 STOP_TEXT_TOKEN = 1  # infer appends it to each segment (the GPT drops it again)
 # Languages a request may name (the official web UI's choices); `auto` detects one of them.
 SERVED_LANGUAGES: tuple[str, ...] = SERVED_LANGUAGES_2_5
-MAX_TEXT_TOKENS_PER_SEGMENT = 120
 
 
 class TextError25(ValueError):
