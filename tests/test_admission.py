@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from orchestrator.admission import BUDGET_SHARE, MIN_MEASURED, Admission, Refusal, Ticket
+from orchestrator.admission import BUDGET_SHARE, MIN_MEASURED, TEXT_BUDGET_SHARE, Admission, Refusal, Ticket
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
 
@@ -68,13 +68,13 @@ def test_work_is_counted_per_text_segment_and_checked_again_once_the_text_is_kno
     long_text = admission.admit(100, now=now)
     assert admission.resize(long_text, 10, 100) is None  # 10 segments: 20 s of a 100 s budget
     assert admission.expected_finish_s() == pytest.approx(22.0)  # one more segment waits behind those 10
-    # A request passes the door (20 s ahead, within BUDGET_SHARE of 100 s) but makes 50 segments once read:
-    # 60 x 2 s = 120 s, over its whole budget.
+    # A request passes the door (20 s ahead, within BUDGET_SHARE of 100 s) but makes 30 segments once read:
+    # 40 x 2 s = 80 s, within its budget but over TEXT_BUDGET_SHARE of it (the estimate is a mean).
     ticket = admission.admit(100, now=now)
     assert isinstance(ticket, Ticket)
-    refusal = admission.resize(ticket, 50, 100)
+    refusal = admission.resize(ticket, 30, 100)
     assert isinstance(refusal, Refusal) and refusal.reason == "deadline"
-    assert refusal.retry_after_s == math.ceil(120 - 100)
+    assert refusal.retry_after_s == math.ceil(80 - TEXT_BUDGET_SHARE * 100)
     admission.release(ticket, succeeded=False, now=now)
     assert admission.in_flight == 1 and admission.in_flight_segments == 10
 
@@ -90,7 +90,7 @@ def test_a_long_text_gets_in_whenever_a_short_one_does():
     short, long = admission.admit(100, now=now), admission.admit(100, now=now)
     assert isinstance(short, Ticket) and isinstance(long, Ticket)
     assert admission.resize(short, 1, 100) is None
-    assert admission.resize(long, 3, 100) is None  # finishes after ~56 s: over half the budget, within it
+    assert admission.resize(long, 3, 100) is None  # ~56 s: over the door's half, within TEXT_BUDGET_SHARE
     assert isinstance(admission.admit(100, now=now), Refusal)  # 54 s ahead now: the door closes for both
 
 
@@ -157,14 +157,15 @@ def test_a_bad_request_timeout_header_is_422_naming_it(app):
 
 def test_a_text_too_long_for_the_queue_is_503_once_segmented_before_its_audio_is_decoded(app, monkeypatch):
     """Admitted at the door (nothing ahead of it), refused once its text makes three segments (11 s of
-    measured work per segment: 33 s against its 30 s budget), with Retry-After, before the upload is
-    decoded."""
+    measured work per segment: 33 s, over TEXT_BUDGET_SHARE of its 30 s budget), with Retry-After, before
+    the upload is decoded."""
     from benchmarks.loadgen import TEXTS
     from orchestrator import pipeline
     from orchestrator.testing import make_test_client, speech_like_wav
 
     admission = app.state.admission
     admission._recent_work.extend([11.0] * MIN_MEASURED)  # as if measured: 11 s per segment
+    assert 3 * 11.0 > TEXT_BUDGET_SHARE * 30.0 >= 11.0
     decoded = []
     monkeypatch.setattr(pipeline, "decode_audio", lambda data: decoded.append(data))  # must not be reached
     with make_test_client(app) as client:
