@@ -53,7 +53,7 @@ serve: env bugsink-env text-normalizer
 	$(PYTHON) -m orchestrator.demo --preset $(PRESET)
 
 # The served stack (tritonserver + orchestrator) against the eager one-request-at-a-time baseline, on the
-# demo and small presets at concurrency 1, 4, 16, 64 (~39 min on 2 CPU cores); results in benchmarks/results/.
+# demo and small presets at concurrency 1, 4, 16, 64, and streaming (~50 min on 2 CPU cores); results in benchmarks/results/.
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--presets demo --concurrency 1 8".
 # IndexTTS-2.5: make bench BENCH_ARGS="--presets demo-2.5 --concurrency 1 16".
 bench: env bugsink-env text-normalizer
