@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from fastapi import UploadFile
 
-from orchestrator.admission import Admission
+from orchestrator.admission import CHUNKED, WHOLE, Admission
 from orchestrator.assets import ModelAssets
 from orchestrator.errors import (
     InvalidRequestError,
@@ -129,7 +129,7 @@ class TtsService:
                                   stream_mode=("chunk" if chunked else "segment") if form.stream else None)
         language = pipeline.language(form.text, form.language)
         segments = await pipeline.segment_text(form.text, self._first_segment_tokens(form.stream, chunked), language)
-        self._admit_segments(len(segments))
+        self._admit_segments(len(segments), chunked)
         options = self._options(form, language)
         speaker_audio = await self._reference(form.speaker_audio, form.voice, "speaker_audio", "voice")
         emotion_audio = await self._reference(
@@ -157,17 +157,18 @@ class TtsService:
         pipeline.describe_request(text_chars=len(request.input), duration_ratio=options.duration_ratio, stream=True,
                                   stream_mode="chunk" if chunked else "segment", stream_format=request.stream_format)
         segments = await pipeline.segment_text(request.input, self._first_segment_tokens(True, chunked), language)
-        self._admit_segments(len(segments))
+        self._admit_segments(len(segments), chunked)
         speaker_audio = await self._reference(None, request.voice, "voice", "voice")
         return await self._synthesize(segments, speaker_audio, None, options, route, chunked)
 
-    def _admit_segments(self, segments: int) -> None:
-        """Admission's second look, now that the text's size is known and before any audio is decoded or
-        Triton is called: 503 if the work in flight and this request's segments do not fit its budget."""
+    def _admit_segments(self, segments: int, chunked: bool) -> None:
+        """Admission's second look, now that the text's size (and kind of work) is known and before any audio
+        is decoded or Triton is called: 503 if the work in flight and this request's do not fit its budget."""
         context = current_request()
         if self.admission is None or context is None or context.admission_ticket is None:
             return
-        refusal = self.admission.resize(context.admission_ticket, segments, context.time_left_s() or 0.0)
+        refusal = self.admission.resize(context.admission_ticket, segments, context.time_left_s() or 0.0,
+                                        CHUNKED if chunked else WHOLE)
         if refusal is not None:
             self.metrics.refused.labels(refusal.reason).inc()
             raise ServiceOverloadedError(refusal.message, retry_after_s=refusal.retry_after_s)

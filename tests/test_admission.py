@@ -9,7 +9,16 @@ import math
 
 import pytest
 
-from orchestrator.admission import BUDGET_SHARE, MIN_MEASURED, TEXT_BUDGET_SHARE, Admission, Refusal, Ticket
+from orchestrator.admission import (
+    BUDGET_SHARE,
+    CHUNKED,
+    MIN_MEASURED,
+    TEXT_BUDGET_SHARE,
+    WHOLE,
+    Admission,
+    Refusal,
+    Ticket,
+)
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
 
@@ -32,7 +41,7 @@ def test_work_is_the_machine_time_a_request_got_under_processor_sharing():
     admission.release(first, True, now=4.0)
     admission.release(second, True, now=4.0)
     _measure(admission, 2.0, MIN_MEASURED - 2, start=4.0)
-    assert admission.work_per_segment_s == pytest.approx(2.0)
+    assert admission.work_per_segment_s() == pytest.approx(2.0)
 
 
 def test_nothing_is_refused_before_the_work_is_measured_but_the_in_flight_cap():
@@ -64,7 +73,7 @@ def test_work_is_counted_per_text_segment_and_checked_again_once_the_text_is_kno
         assert admission.resize(ticket, 3, 1e9) is None
         now += 6.0
         admission.release(ticket, succeeded=True, now=now)
-    assert admission.work_per_segment_s == pytest.approx(2.0)
+    assert admission.work_per_segment_s() == pytest.approx(2.0)
     long_text = admission.admit(100, now=now)
     assert admission.resize(long_text, 10, 100) is None  # 10 segments: 20 s of a 100 s budget
     assert admission.expected_finish_s() == pytest.approx(22.0)  # one more segment waits behind those 10
@@ -94,11 +103,34 @@ def test_a_long_text_gets_in_whenever_a_short_one_does():
     assert isinstance(admission.admit(100, now=now), Refusal)  # 54 s ahead now: the door closes for both
 
 
+def test_each_kind_of_work_has_its_own_estimate():
+    """Segments rendered in chunks cost less than whole ones: a queue of whole segments is counted at their
+    own cost, not at the mean of both kinds (which let too much in after chunked traffic)."""
+    admission = Admission(max_in_flight=100)
+    now = 0.0
+    for kind, work_s in ((CHUNKED, 1.0), (WHOLE, 3.0)):
+        for _ in range(MIN_MEASURED):
+            ticket = admission.admit(1e9, now=now)
+            assert admission.resize(ticket, 1, 1e9, kind) is None
+            now += work_s
+            admission.release(ticket, succeeded=True, now=now)
+    assert admission.work_per_segment_s(CHUNKED) == pytest.approx(1.0)
+    assert admission.work_per_segment_s(WHOLE) == pytest.approx(3.0)
+    assert admission.work_per_segment_s() == pytest.approx(2.0)  # the door's, before the kind is known
+    for _ in range(10):
+        ticket = admission.admit(1e9, now=now)
+        assert admission.resize(ticket, 1, 1e9, WHOLE) is None
+    assert admission.expected_finish_s() == pytest.approx(10 * 3.0 + 2.0)
+    refusal = admission.admit(50.0, now=now)  # 30 s of whole segments ahead: over 25 s (20 s at the mean)
+    assert isinstance(refusal, Refusal) and refusal.retry_after_s == math.ceil(30.0 - BUDGET_SHARE * 50.0)
+    assert isinstance(admission.admit(60.0 / BUDGET_SHARE, now=now), Ticket)
+
+
 def test_failed_requests_do_not_teach_the_estimate():
     admission = Admission(max_in_flight=10)
     ticket = admission.admit(100, now=0.0)
     admission.release(ticket, succeeded=False, now=0.001)  # a 422 is fast and says nothing of the work
-    assert admission.work_per_segment_s is None and admission.in_flight == 0
+    assert admission.work_per_segment_s() is None and admission.in_flight == 0
 
 
 # --- the service ---
@@ -164,7 +196,7 @@ def test_a_text_too_long_for_the_queue_is_503_once_segmented_before_its_audio_is
     from orchestrator.testing import make_test_client, speech_like_wav
 
     admission = app.state.admission
-    admission._recent_work.extend([11.0] * MIN_MEASURED)  # as if measured: 11 s per segment
+    admission._recent_work[WHOLE].extend([11.0] * MIN_MEASURED)  # as if measured: 11 s per segment
     assert 3 * 11.0 > TEXT_BUDGET_SHARE * 30.0 >= 11.0
     decoded = []
     monkeypatch.setattr(pipeline, "decode_audio", lambda data: decoded.append(data))  # must not be reached
