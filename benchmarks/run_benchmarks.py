@@ -44,7 +44,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -73,6 +72,7 @@ from benchmarks.loadgen import (
 )
 from benchmarks.streaming import DEFAULT_CONCURRENCY as STREAMING_CONCURRENCY
 from benchmarks.streaming import check_streaming_targets, run_streaming, streaming_markdown
+from local_triton.process_group import NotReadyError, ServerProcess
 from orchestrator.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -147,40 +147,30 @@ def build_preset(build_dir: Path, preset: str, fresh: bool, progress: Progress) 
 
 
 class ServiceProcess:
-    """A service in a child process of ours, ready once `health_url` answers 200."""
+    """A service in a process group of ours, ready once `health_url` answers 200. The group's guard
+    (local_triton.process_group) kills it if this process goes first, however it goes: a killed benchmark
+    leaves no server behind to load the machine."""
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path, health_url: str) -> None:
         self.name, self.command, self.env, self.log_path, self.health_url = name, command, env, log_path, health_url
-        self.process: subprocess.Popen | None = None
+        self.process: ServerProcess | None = None
 
     def start(self, timeout_s: float = 180.0) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(self.command, env=self.env, cwd=REPO_ROOT, stdout=log,
-                                            stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; log {self.log_path}:\n"
-                                   + self.log_path.read_text(errors="replace")[-3000:])
-            try:
-                if httpx.get(self.health_url, timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"{self.name} was not ready within {timeout_s:.0f} s; log {self.log_path}")
+        self.process = ServerProcess(self.command, log_path=self.log_path, cwd=REPO_ROOT, env=self.env,
+                                     guard_name=f"bench-{self.name.replace(' ', '-')}")
+        try:
+            self.process.wait_until_ready(self.health_url, time.monotonic() + timeout_s, poll_s=0.5)
+        except NotReadyError as error:
+            self.stop()
+            raise RuntimeError(f"{self.name} {error}; log {self.log_path}:\n"
+                               + self.log_path.read_text(errors="replace")[-3000:]) from None
+        return self
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            self.process.stop(grace_s=15)
+            self.process = None
 
 
 def child_environment(**variables: str) -> dict[str, str]:
