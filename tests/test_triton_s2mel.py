@@ -35,19 +35,25 @@ BY_COST = "s2mel_by_cost"
 BY_COST_FRAME_BUDGET = 1024
 
 
+def _served_copy(server, name: str, pattern: str, replacement: str):
+    """Load a copy of the session's s2mel as `name`, its config changed where `pattern` (one line) matches;
+    unload it on exit."""
+    repository = server.model_repository
+    shutil.copytree(repository / "s2mel", repository / name, ignore=shutil.ignore_patterns("__pycache__"))
+    config = (repository / name / "config.pbtxt").read_text().replace('name: "s2mel"', f'name: "{name}"')
+    config, found = re.subn(pattern, replacement, config, flags=re.MULTILINE)
+    assert found == 1
+    (repository / name / "config.pbtxt").write_text(config)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.load_model(name)
+    yield name
+    client.unload_model(name)
+
+
 @pytest.fixture(scope="module")
 def by_cost_model(s2mel_server) -> str:
-    repository = s2mel_server.model_repository
-    shutil.copytree(repository / "s2mel", repository / BY_COST, ignore=shutil.ignore_patterns("__pycache__"))
-    config = (repository / BY_COST / "config.pbtxt").read_text().replace('name: "s2mel"', f'name: "{BY_COST}"')
-    config, found = re.subn(r'(key: "frame_budget_cpu" value: \{ string_value: )"\d+"',
-                            rf'\1"{BY_COST_FRAME_BUDGET}"', config)
-    assert found == 1
-    (repository / BY_COST / "config.pbtxt").write_text(config)
-    client = grpcclient.InferenceServerClient(s2mel_server.grpc_url)
-    client.load_model(BY_COST)
-    yield BY_COST
-    client.unload_model(BY_COST)
+    yield from _served_copy(s2mel_server, BY_COST, r'(key: "frame_budget_cpu" value: \{ string_value: )"\d+"',
+                            rf'\1"{BY_COST_FRAME_BUDGET}"')
 
 
 @pytest.fixture(scope="module")
@@ -327,17 +333,7 @@ def two_instance_model(s2mel_server) -> str:
     """A copy of the session's s2mel (one instance, see conftest) with the shipped instance_group."""
     shipped = [line for line in SHIPPED_CONFIG.read_text().splitlines() if line.startswith("instance_group")]
     assert shipped == ["instance_group [ { count: 2 } ]"]
-    repository = s2mel_server.model_repository
-    shutil.copytree(repository / "s2mel", repository / TWO_INSTANCES, ignore=shutil.ignore_patterns("__pycache__"))
-    config = (repository / TWO_INSTANCES / "config.pbtxt").read_text()
-    config = config.replace('name: "s2mel"', f'name: "{TWO_INSTANCES}"')
-    config, found = re.subn(r"^instance_group .*$", shipped[0], config, flags=re.MULTILINE)
-    assert found == 1
-    (repository / TWO_INSTANCES / "config.pbtxt").write_text(config)
-    client = grpcclient.InferenceServerClient(s2mel_server.grpc_url)
-    client.load_model(TWO_INSTANCES)
-    yield TWO_INSTANCES
-    client.unload_model(TWO_INSTANCES)
+    yield from _served_copy(s2mel_server, TWO_INSTANCES, r"^instance_group .*$", shipped[0])
 
 
 def test_the_shipped_second_instance_serves_while_the_first_is_held(s2mel_server, two_instance_model, demo_networks):
