@@ -151,7 +151,7 @@ def build_onnx_stages(networks: IndexTTS2Networks | IndexTTS25Networks) -> list[
     versions; for IndexTTS-2.5 `semantic_codec` is the codec's decode and `speaker_conditioner` is
     spk_emb_proj of the CAMPPlus style (the configs in `<model>/config_2_5.pbtxt` say so)."""
     dims = networks.dims()
-    version_2_5 = getattr(networks, "version", None) == VERSION_2_5
+    version_2_5 = networks.version == VERSION_2_5
     stages: list[OnnxStage] = []
 
     if networks.semantic_encoder is not None:

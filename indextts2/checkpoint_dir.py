@@ -110,8 +110,20 @@ class CheckpointNetworks:
     emotion_bank: EmotionBank
     text_frontend: Any | None  # TextFrontend (2.0) or TextFrontend25 (2.5); None where not loaded
 
+    @property
+    def version(self) -> str:
+        return self.gpt.version
+
     def dims(self) -> dict[str, int]:
-        return stage_dims(self.config, self.gpt)
+        """The widths that connect the stages, read from the config and the loaded GPT (2.0 or 2.5)."""
+        return {
+            "w2v_feature_dim": 160,
+            "semantic_dim": int(self.config["semantic_codec"]["hidden_size"]),
+            "gpt_dim": int(self.gpt.model_dim),
+            "mel_bands": int(self.config["s2mel"]["DiT"]["in_channels"]),
+            "style_dim": int(self.config["s2mel"]["style_encoder"]["dim"]),
+            "condition_dim": int(self.config["s2mel"]["length_regulator"]["channels"]),
+        }
 
 
 @dataclass
@@ -119,18 +131,6 @@ class IndexTTS2Networks(CheckpointNetworks):
     """Every network of the 2.0 pipeline."""
 
     semantic_codec: RepCodec
-
-
-def stage_dims(config: dict[str, Any], gpt: Any) -> dict[str, int]:
-    """The widths that connect the stages, read from the config and the loaded GPT (2.0 or 2.5)."""
-    return {
-        "w2v_feature_dim": 160,
-        "semantic_dim": int(config["semantic_codec"]["hidden_size"]),
-        "gpt_dim": int(gpt.model_dim),
-        "mel_bands": int(config["s2mel"]["DiT"]["in_channels"]),
-        "style_dim": int(config["s2mel"]["style_encoder"]["dim"]),
-        "condition_dim": int(config["s2mel"]["length_regulator"]["channels"]),
-    }
 
 
 def require_version(paths: CheckpointPaths, version: str) -> None:

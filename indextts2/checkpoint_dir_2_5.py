@@ -33,7 +33,6 @@ class IndexTTS25Networks(CheckpointNetworks):
     """Every network of the 2.5 pipeline."""
 
     codec: EnhancedCodec
-    version: str = VERSION_2_5
 
 
 def load_networks_2_5(

@@ -1,6 +1,6 @@
 """Our Triton model names and the prefix that lets our repository join a Triton repository holding other
-models. Standard library only: the orchestrator, the export, deploy/shared_gpu.py and the s2mel model
-all import it.
+models. Standard library only: the orchestrator, the export and the gpt_decoder and s2mel models all
+import it.
 
 Each model has a logical name (`vocoder`, `s2mel_estimator`, ...), the name in the code, the metrics, the
 Sentry events and /readyz. Triton serves it as `<prefix><logical name>` (`tts_vocoder` with the prefix

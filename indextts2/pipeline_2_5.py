@@ -25,14 +25,7 @@ import torch
 from indextts2 import defaults, rules
 from indextts2.checkpoint_dir_2_5 import IndexTTS25Networks
 from indextts2.emotion import emotion_vector_from_weights, scale_emotion_weights
-from indextts2.frontend.audio import (
-    campplus_features,
-    emotion_waveform,
-    mel_spectrogram,
-    prompt_waveforms,
-    s2mel_mel_args,
-    seamless_m4t_features,
-)
+from indextts2.frontend.audio import emotion_prompt_features, prompt_features, s2mel_mel_args
 from indextts2.networks.gpt import SamplingConfig
 from indextts2.pipeline import (
     OFFICIAL_SAMPLING,
@@ -69,19 +62,16 @@ class EagerPipeline25:
         self.device = torch.device(device)
         self.mel_args = s2mel_mel_args(networks.config["s2mel"])
 
-    def _semantic_features(self, wav_16k: np.ndarray) -> torch.Tensor:
-        return semantic_features(self.networks, *seamless_m4t_features(wav_16k), self.device)
-
     @torch.inference_mode()
     def speaker_prompt(self, samples: np.ndarray, sample_rate: int) -> SpeakerPrompt25:
         nets = self.networks
-        wav_22k, wav_16k = prompt_waveforms(samples, sample_rate)
-        features = self._semantic_features(wav_16k)
-        ref_mel = torch.from_numpy(mel_spectrogram(wav_22k, **self.mel_args))[None].to(self.device)
+        prompt = prompt_features(samples, sample_rate, self.mel_args)
+        features = semantic_features(nets, prompt.input_features, prompt.attention_mask, self.device)
+        ref_mel = torch.from_numpy(prompt.ref_mel)[None].to(self.device)
         prompt_condition, _ = nets.s2mel.length_regulator(
             features, torch.tensor([ref_mel.shape[-1]], device=self.device)
         )
-        style = nets.campplus(torch.from_numpy(campplus_features(wav_16k))[None].to(self.device))
+        style = nets.campplus(torch.from_numpy(prompt.fbank)[None].to(self.device))
         return SpeakerPrompt25(
             semantic_features=features,
             prompt_condition=prompt_condition,
@@ -93,7 +83,7 @@ class EagerPipeline25:
     @torch.inference_mode()
     def emotion_features(self, samples: np.ndarray, sample_rate: int) -> torch.Tensor:
         """An emotion reference (or, without one, the speaker's audio) read at 16 kHz and cut to 15 s."""
-        return self._semantic_features(emotion_waveform(samples, sample_rate))
+        return semantic_features(self.networks, *emotion_prompt_features(samples, sample_rate), self.device)
 
     @torch.inference_mode()
     def emotion_vector(

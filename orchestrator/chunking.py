@@ -7,13 +7,14 @@ How a segment is rendered while its GPT still decodes:
 - **s2mel, by in-context continuation.** Chunk 0 renders the first codes with the speaker prompt, cut to
   its first STREAM_PROMPT_SECONDS (2 s: the prompt is most of s2mel's work, and chunk 0 is what the
   listener waits for; measured on `small`, 2 CPU cores, it is 4.6 s of a 7.5 s time to first audio with
-  a whole 3-10 s prompt, and the time to first audio is 2.4 s with 2 s, 3.1 s with 3 s). Every later chunk takes as its prompt the mel already rendered for the last
-  `context_codes` codes before it (and those codes, so s2mel knows what that mel says), plus the speaker
-  style vector; it generates only the new frames. The DiT was trained to continue a prompt mel of the
-  same voice, so the new frames continue the old ones without a seam, and no mel is cross-faded. The
-  speaker's own reference mel is left out of later chunks on purpose: it is the longest part of every
-  s2mel row (3-15 s), so repeating it per chunk would multiply the s2mel work of a segment (measured
-  in benchmarks/results/streaming.md); the rendered context is in the same voice already.
+  a whole 3-10 s prompt, and the time to first audio is 2.4 s with 2 s, 3.1 s with 3 s). Every later
+  chunk takes as its prompt the mel already rendered for the last `context_codes` codes before it (and
+  those codes, so s2mel knows what that mel says), plus the speaker style vector; it generates only the
+  new frames. The DiT was trained to continue a prompt mel of the same voice, so the new frames continue
+  the old ones without a seam, and no mel is cross-faded. The speaker's own reference mel is left out of
+  later chunks on purpose: it is the longest part of every s2mel row (3-15 s), so repeating it per chunk
+  would multiply the s2mel work of a segment (measured in benchmarks/results/streaming.md); the rendered
+  context is in the same voice already.
 - **Vocoder, by left context and held-back frames.** BigVGAN is convolutional with a receptive field of
   a few mel frames on each side: a window is vocoded from `VOCODER_LEFT_FRAMES` before the first new
   frame, and its last `VOCODER_HELD_FRAMES` frames are not sent yet (their right context is still to

@@ -365,7 +365,6 @@ class UnifiedVoice(nn.Module):
         # Each mode keeps its own order of creation: a seeded random initialisation (the demo presets)
         # draws the weights in that order, so another order would change the demo checkpoints.
         if campplus:
-            self.num_languages = num_languages
             self.spk_emb_proj = nn.Linear(style_dim, model_dim)
         else:
             self.conditioning_encoder = conformer(condition_module)
@@ -613,8 +612,6 @@ class UnifiedVoice(nn.Module):
         `language`: the language id of a GPT whose prefix takes one (`uses_language`); None otherwise.
         """
         sampling = sampling or SamplingConfig()
-        if language is not None and not self.uses_language:
-            raise ValueError("this GPT (IndexTTS-2.0) takes no language id")
         prefix = self.build_prefix(speaker_latents, emo_vec, text_ids, language).unsqueeze(0)  # (1, P, d)
         device, dtype = prefix.device, prefix.dtype
         prefix_len = prefix.shape[1]

@@ -116,14 +116,14 @@ class ResidualQuantizer(nn.Module):
 @dataclass(frozen=True)
 class CodecSizes:
     """The sizes of a semantic codec (RepCodec, or 2.5's EnhancedCodec), from the `semantic_codec`
-    section of config.yaml; the defaults are the official ones."""
+    section of config.yaml (the official values in comments)."""
 
-    codebook_size: int = 8192
-    hidden_size: int = 1024
-    codebook_dim: int = 8
-    vocos_dim: int = 384
-    vocos_intermediate_dim: int = 2048
-    vocos_num_layers: int = 12
+    codebook_size: int  # 8192
+    hidden_size: int  # 1024
+    codebook_dim: int  # 8
+    vocos_dim: int  # 384
+    vocos_intermediate_dim: int  # 2048
+    vocos_num_layers: int  # 12
 
     @classmethod
     def from_config(cls, codec_config: Mapping[str, Any]) -> CodecSizes:
