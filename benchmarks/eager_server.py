@@ -62,18 +62,22 @@ from indextts2.pipeline_2_5 import EagerPipeline25
 from indextts2.rules import segment_silence
 from orchestrator.app import validation_error
 from orchestrator.errors import InvalidRequestError, ServiceError
-from orchestrator.pipeline import check_text_length, decode_reference_audio, refuse_language_for_2_0
-from orchestrator.schemas import ErrorBody, ErrorResponse, TtsForm
+from orchestrator.pipeline import (
+    check_text_length,
+    decode_reference_audio,
+    nothing_to_speak,
+    refuse_language_for_2_0,
+)
+from orchestrator.responses import error_response
+from orchestrator.schemas import TtsForm
 from orchestrator.service import read_upload, synthesis_options
 from orchestrator.settings import Settings
 from orchestrator.wav import pcm16, wav_bytes, wav_header
 
 
 def _error(error: ServiceError) -> JSONResponse:
-    """The service's error body for the service's error (no Sentry here: the baseline reports nothing)."""
-    body = ErrorResponse(error=ErrorBody(type=error.error_type, message=error.message, field=error.field,
-                                         limit=error.limit, stage=error.stage))
-    return JSONResponse(body.model_dump(), status_code=error.http_status)
+    """The service's answer to the service's error (no Sentry here: the baseline reports nothing)."""
+    return error_response(error, None, retry_after_s=1)
 
 
 class EagerService:
@@ -171,8 +175,7 @@ class EagerService:
                     # The networks run off the event loop, so /healthz answers while a request runs.
                     piece = await asyncio.to_thread(next, segments, None)
                 except (TextError, TextError25):
-                    raise InvalidRequestError("text has nothing to speak after normalisation (only punctuation, "
-                                              "symbols or spaces)", field="text") from None
+                    raise nothing_to_speak() from None
                 if piece is None:
                     return
                 waveform = piece[0]

@@ -184,6 +184,12 @@ def refuse_language_for_2_0(requested: str | None) -> None:
         )
 
 
+def nothing_to_speak() -> InvalidRequestError:
+    """The error for a text the front-end leaves nothing of (the eager baseline answers with this too)."""
+    return InvalidRequestError("text has nothing to speak after normalisation (only punctuation, symbols or spaces)",
+                               field="text")
+
+
 def check_text_length(text: str, limit: int) -> None:
     """The API's text limits (the eager baseline checks with this too); never echoes the text."""
     if not text or not text.strip():
@@ -280,10 +286,7 @@ class SynthesisPipeline:
                 segments = await self._in_process("text_frontend", self.assets.text_frontend.split_segments, text,
                                                   max_tokens, 0, first_segment_tokens)
         except (TextError, TextError25):
-            raise InvalidRequestError(
-                "text has nothing to speak after normalisation (only punctuation, symbols or spaces)",
-                field="text",
-            ) from None
+            raise nothing_to_speak() from None
         segments = [segment for segment in segments if segment]
         most = self.settings.max_text_segments
         if len(segments) > most:

@@ -32,9 +32,10 @@ ERROR_RESPONSES = {
 }
 
 
-def error_response(error: ServiceError, reporter: Reporter, retry_after_s: int) -> JSONResponse:
-    """The one place a ServiceError becomes an HTTP answer and, where it is reported, a Sentry event."""
-    if error.report:
+def error_response(error: ServiceError, reporter: Reporter | None, retry_after_s: int) -> JSONResponse:
+    """The one place a ServiceError becomes an HTTP answer and, where it is reported, a Sentry event (none
+    without a reporter: the eager baseline answers with this and reports nothing)."""
+    if error.report and reporter is not None:
         reporter.failure(error)
     context = current_request()
     body = ErrorResponse(error=ErrorBody(

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from indextts2.defaults import MEL_HOP_SAMPLES, OUTPUT_SAMPLE_RATE
-from indextts2.rules import target_mel_frames_2_5
+from indextts2.rules import segment_silence, target_mel_frames_2_5
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESET = "demo-2.5"
 CONCURRENCY = [1, 2]
 REQUESTS = 3  # one of each text length
 CODES = 6
-SILENCE_SAMPLES = 4410  # 200 ms between segments
+SILENCE_SAMPLES = segment_silence().shape[0]  # 200 ms between segments
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 import soundfile
 
 from benchmarks.eager_server import EagerService, create_eager_app
+from benchmarks.loadgen import WAV_HEADER_BYTES
 from indextts2.defaults import MEL_HOP_SAMPLES, OUTPUT_SAMPLE_RATE
 from indextts2.rules import target_mel_frames_2_5
 from orchestrator.app import create_app
@@ -26,7 +27,6 @@ VOICE = speech_like_wav(3.0, seed=5)
 TEXT = "Hello there."  # one segment
 CODES = 6
 FIXED = {"text": TEXT, "min_codes": str(CODES), "max_codes": str(CODES), "diffusion_steps": "2", "seed": "3"}
-WAV_HEADER_BYTES = 44
 
 
 def _post(client, **fields):

@@ -10,7 +10,6 @@ import re
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from export.repository import COMMITTED_REPOSITORY
 from indextts2.checkpoint_dir import load_networks
 from indextts2.engine.s2mel_batch import S2MelBatcher, S2MelRequest, padding_waste
 
@@ -325,7 +325,7 @@ def test_a_client_timeout_rejects_a_request_still_waiting_in_the_queue(s2mel_ser
 # --- the shipped config: two instances ---
 
 TWO_INSTANCES = "s2mel_two_instances"
-SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "model_repository" / "s2mel" / "config.pbtxt"
+SHIPPED_CONFIG = COMMITTED_REPOSITORY / "s2mel" / "config.pbtxt"
 
 
 @pytest.fixture(scope="module")
