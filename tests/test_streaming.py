@@ -6,11 +6,13 @@ reported once."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import io
 import json
 import struct
+import threading
 import time
 
 import httpx
@@ -84,16 +86,24 @@ def test_one_chunk_streams_exactly_the_non_streamed_audio(settings_with_voice):
 
 
 def test_chunks_arrive_before_the_gpt_has_finished_the_segment(settings_with_voice):
+    """The demo GPT decodes 249 codes about as fast as s2mel renders the first chunk, so a race between
+    them would make this test depend on the machine. The segment's last codes are held back from the
+    service until the client has audio (for at most a minute): audio can come first only if chunks are
+    rendered while the code stream is still open."""
     app, served = _served(settings_with_voice, stream_chunk_codes="20,40,80")
     triton = app.state.service.triton
+    first_audio = threading.Event()
     finished_at: list[float] = []
     s2mel_codes: list[int] = []
     prompt_frames: list[tuple[int, int]] = []
     decode_stream, infer = triton.decode_stream, triton.infer
 
-    async def observed_decode_stream(*args, **kwargs):  # the real call, its finish time noted
+    async def observed_decode_stream(*args, **kwargs):  # the real call, its last response held back
         async for chunk in decode_stream(*args, **kwargs):
             if chunk.finish_reason is not None:
+                deadline = time.monotonic() + 60
+                while not first_audio.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
                 finished_at.append(time.monotonic())
             yield chunk
 
@@ -111,6 +121,7 @@ def test_chunks_arrive_before_the_gpt_has_finished_the_segment(settings_with_voi
             stream += data
             if first_audio_at is None and len(stream) > 44:  # past the WAV header
                 first_audio_at = time.monotonic()
+                first_audio.set()
     assert len(finished_at) == 1
     assert first_audio_at is not None and first_audio_at < finished_at[0], "the first audio waited for the segment"
     assert len(s2mel_codes) >= 2 and s2mel_codes[0] < 249, s2mel_codes
