@@ -7,43 +7,20 @@ that the ceiling covers 2.5's stages, and that the report names the preset; spee
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from tiny_benchmark import CODES, CONCURRENCY, REQUESTS, run_tiny_benchmark
 
 from indextts2.defaults import MEL_HOP_SAMPLES, OUTPUT_SAMPLE_RATE
 from indextts2.rules import segment_silence, target_mel_frames_2_5
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESET = "demo-2.5"
-CONCURRENCY = [1, 2]
-REQUESTS = 3  # one of each text length
-CODES = 6
 SILENCE_SAMPLES = segment_silence().shape[0]  # 200 ms between segments
 
 
 @pytest.fixture(scope="module")
 def tiny_run_2_5(triton_server_2_5, demo_checkpoint_2_5, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("bench_smoke_2_5")
-    command = [
-        sys.executable, "-m", "benchmarks.run_benchmarks", "--checkpoint", str(demo_checkpoint_2_5.model_dir),
-        "--triton-grpc-url", triton_server_2_5.grpc_url, "--presets", PRESET,
-        "--concurrency", *map(str, CONCURRENCY), "--requests", str(REQUESTS), "--codes", str(CODES),
-        "--diffusion-steps", "2", "--name", "smoke_2_5", "--out-dir", str(out / "results"),
-        "--build-dir", str(out / "build"), "--ceiling-batches", "1", "2", "--ceiling-gpt-batches", "1", "4",
-        "--no-streaming",
-    ]
-    completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    results = out / "results"
-    return {
-        "report": json.loads((results / "smoke_2_5.json").read_text()),
-        "markdown": (results / "smoke_2_5.md").read_text(),
-        "png": results / f"smoke_2_5_{PRESET}.png",
-    }
+    return run_tiny_benchmark(demo_checkpoint_2_5.model_dir, triton_server_2_5.grpc_url, PRESET, "smoke_2_5",
+                              tmp_path_factory.mktemp("bench_smoke_2_5"), "--no-streaming")
 
 
 def test_both_systems_served_every_2_5_request(tiny_run_2_5):

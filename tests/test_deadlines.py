@@ -10,11 +10,11 @@ import time
 
 import httpx
 import pytest
-import sentry_sdk
+from service_client import service_client
 
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
-from orchestrator.testing import in_flight_after_waiting, make_test_client, served_over_http, speech_like_wav
+from orchestrator.testing import in_flight_after_waiting, served_over_http, speech_like_wav
 
 VOICE_AUDIO = speech_like_wav(6.0, seed=41)
 # A request that runs for many seconds on 2 CPU cores: the most codes the demo GPT makes, 100 steps.
@@ -30,14 +30,11 @@ def settings(triton_server, demo_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(settings):
-    try:
-        with make_test_client(create_app(settings)) as client:
-            response = client.post("/v1/voices", data={"name": "slow"},
-                                   files={"audio": ("v.wav", VOICE_AUDIO, "audio/wav")})
-            assert response.status_code == 201, response.text
-            yield client
-    finally:
-        sentry_sdk.init()
+    with service_client(settings) as client:
+        response = client.post("/v1/voices", data={"name": "slow"},
+                               files={"audio": ("v.wav", VOICE_AUDIO, "audio/wav")})
+        assert response.status_code == 201, response.text
+        yield client
 
 
 def _s2mel_stopped(triton_server) -> float:

@@ -13,7 +13,7 @@ import sentry_sdk
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
 from service_client import demo_settings, service_client
-from triton_models import model_reconfigured, model_unloaded
+from triton_models import model_event_on_trace, model_reconfigured, model_unloaded
 
 from local_bugsink import BugsinkServer
 from orchestrator.testing import speech_like_wav
@@ -72,13 +72,9 @@ def test_exception_inside_a_python_model_is_reported_by_the_model_on_the_request
 
     # The model's own event: same trace, its stage tags, the full stack trace of the exception.
     sentry_sdk.flush(timeout=5)
-    model_events = [
-        event for event in bugsink_server.events(timeout_s=20, tags={"stage": "s2mel", "model_version": "1"})
-        if event["contexts"].get("trace", {}).get("trace_id") == trace_id and "request_id" not in event["tags"]
-    ]
-    assert len(model_events) == 1, f"no event from the s2mel model on trace {trace_id}"
-    (model_event,) = model_events
+    model_event = model_event_on_trace(bugsink_server, "s2mel", trace_id)
     assert model_event["level"] == "error" and model_event["tags"]["model"] == "s2mel"
+    assert model_event["tags"]["model_version"] == "1"
     frames = model_event["data"]["exception"]["values"][-1]["stacktrace"]["frames"]
     functions = [frame.get("function") for frame in frames]
     assert "_served_velocity" in functions, functions  # the frame that raised, inside the model's batch run

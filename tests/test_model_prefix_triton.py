@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ pytest.importorskip("pytriton", reason="nvidia-pytriton (which ships tritonserve
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
 from service_client import service_client
-from triton_models import model_unloaded
+from triton_models import model_event_on_trace, model_unloaded
 
 from export.repository import export_repository, rename_model_config
 from local_triton import LocalTritonServer
@@ -170,14 +169,5 @@ def test_prefixed_s2mel_calls_its_prefixed_estimator_and_reports_under_the_plain
     (service_event,) = _error_events(bugsink_server, response)
     assert service_event["tags"]["stage"] == "s2mel" and service_event["tags"]["model"] == "s2mel"
     trace_id = service_event["contexts"]["trace"]["trace_id"]
-    deadline = time.monotonic() + 20  # the model reports from Triton's process, on its own schedule
-    while True:
-        model_events = [
-            event for event in bugsink_server.events(tags={"stage": "s2mel", "model_version": "1"})
-            if event["contexts"].get("trace", {}).get("trace_id") == trace_id and "request_id" not in event["tags"]
-        ]
-        if model_events or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert len(model_events) == 1, f"no event from the {PREFIX}s2mel model on trace {trace_id}"
-    assert model_events[0]["tags"]["model"] == "s2mel"
+    model_event = model_event_on_trace(bugsink_server, "s2mel", trace_id)  # from tts_s2mel, tagged with the plain name
+    assert model_event["tags"]["model"] == "s2mel" and model_event["tags"]["model_version"] == "1"

@@ -18,6 +18,7 @@ import pytest
 import sentry_sdk
 import soundfile
 from fastapi import FastAPI, Response
+from service_client import service_client
 from tritonclient.utils import InferenceServerException
 
 from local_triton import find_free_port
@@ -286,16 +287,13 @@ def test_scrubber_keeps_only_allowlisted_request_metadata_and_removes_number_run
 
 def test_sentry_server_down_does_not_slow_or_change_requests(demo_checkpoint, tmp_path, voice_wav):
     settings = _settings(demo_checkpoint, tmp_path, sentry_dsn=f"http://public@127.0.0.1:{find_free_port()}/1")
-    try:
-        with make_test_client(create_app(settings)) as client:
-            started = time.perf_counter()
-            responses = [_tts(client, voice_wav, duration_ratio="3"), _tts(client, voice_wav)]
-            elapsed = time.perf_counter() - started
-            assert [r.status_code for r in responses] == [422, 503]
-            assert client.get("/healthz").json() == {"status": "ok"}
-        assert elapsed < 5.0
-    finally:
-        sentry_sdk.init()
+    with service_client(settings) as client:
+        started = time.perf_counter()
+        responses = [_tts(client, voice_wav, duration_ratio="3"), _tts(client, voice_wav)]
+        elapsed = time.perf_counter() - started
+        assert [r.status_code for r in responses] == [422, 503]
+        assert client.get("/healthz").json() == {"status": "ok"}
+    assert elapsed < 5.0
 
 
 def test_out_of_memory_event_carries_gpu_and_batch_size(demo_checkpoint, tmp_path, transport):

@@ -13,7 +13,7 @@ import pytest
 import sentry_sdk
 import torch
 from sentry_sdk.transport import Transport
-from triton_models import model_reconfigured
+from triton_models import model_event_on_trace, model_reconfigured
 
 from indextts2.config import load_config
 from indextts2.engine import DecoderEngine, DecodeRequest, SamplingConfig, StopReason
@@ -362,20 +362,6 @@ def test_the_orchestrator_maps_a_models_out_of_memory_to_503_with_the_models_bat
 ONE_SEGMENT = {"text": "Hello there.", "diffusion_steps": "3", "seed": "7", "max_codes": "30", "min_codes": "10"}
 
 
-def _model_event(bugsink_server, model: str, trace_id: str, timeout_s: float = 20.0) -> dict:
-    """The event `model` itself sent on the request's trace (the orchestrator's has a request_id tag)."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = [event for event in bugsink_server.events(timeout_s=timeout_s, tags={"stage": model})
-                 if event["contexts"].get("trace", {}).get("trace_id") == trace_id and "request_id" not in event["tags"]]
-        if found or time.monotonic() > deadline:
-            assert len(found) == 1, f"{len(found)} events from {model} on trace {trace_id}"
-            return found[0]
-        time.sleep(0.2)
-
-
 @pytest.mark.parametrize("model", ["gpt_decoder", "s2mel"])
 def test_out_of_memory_in_a_model_is_503_with_the_gpu_tags_and_the_next_request_is_served(
     service, triton_server, bugsink_server, model
@@ -401,6 +387,6 @@ def test_out_of_memory_in_a_model_is_503_with_the_gpu_tags_and_the_next_request_
     assert event["tags"]["current_batch_size"] == "1"  # the model's batch, from its error
     assert {"gpu_model", "total_memory"} <= event["tags"].keys()
     # The model's own event, on the same trace: its device, its memory, its batch.
-    model_event = _model_event(bugsink_server, model, event["contexts"]["trace"]["trace_id"])
+    model_event = model_event_on_trace(bugsink_server, model, event["contexts"]["trace"]["trace_id"])
     assert model_event["tags"]["gpu_model"] == "none (cpu)" and model_event["tags"]["current_batch_size"] == "1"
     assert model_event["tags"]["total_memory"].endswith(" MiB")

@@ -13,15 +13,15 @@ import struct
 import httpx
 import numpy as np
 import pytest
-import sentry_sdk
 import soundfile
+from service_client import service_client
 
 from export.__main__ import main as export_main
 from export.repository import COMMITTED_REPOSITORY, export_repository
 from indextts2.rules import target_mel_frames_2_5
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
-from orchestrator.testing import make_test_client, served_over_http, speech_like_wav
+from orchestrator.testing import served_over_http, speech_like_wav
 from orchestrator.triton_client import PIPELINE_MODELS_2_5
 
 VOICE_AUDIO = speech_like_wav(6.0, seed=25)
@@ -104,15 +104,11 @@ def settings(triton_server_2_5, demo_checkpoint_2_5, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(settings):
-    try:
-        with make_test_client(create_app(settings)) as client:
-            response = client.post("/v1/voices", data={"name": "v25"},
-                                   files={"audio": ("v.wav", VOICE_AUDIO, "audio/wav")})
-            assert response.status_code == 201, response.text
-            yield client
-    finally:
-        sentry_sdk.flush(timeout=5)
-        sentry_sdk.init()
+    with service_client(settings) as client:
+        response = client.post("/v1/voices", data={"name": "v25"},
+                               files={"audio": ("v.wav", VOICE_AUDIO, "audio/wav")})
+        assert response.status_code == 201, response.text
+        yield client
 
 
 def _pcm(wav: bytes) -> np.ndarray:
@@ -228,16 +224,12 @@ def test_a_2_0_service_refuses_a_language_other_than_auto(demo_checkpoint, tmp_p
     """Refused before any Triton call (no server is needed: the address is closed)."""
     settings = Settings(checkpoint_dir=demo_checkpoint.model_dir, triton_grpc_url="127.0.0.1:1",
                         voices_dir=tmp_path / "voices", device="cpu", triton_timeout_s=2.0)
-    try:
-        with make_test_client(create_app(settings)) as client:
-            files = {"speaker_audio": ("v.wav", VOICE_AUDIO, "audio/wav")}
-            response = client.post("/v1/tts", data={"text": "Hello.", "language": "en"}, files=files)
-            assert response.status_code == 422, response.text
-            assert response.json()["error"]["field"] == "language"
-            assert "IndexTTS-2.0" in response.json()["error"]["message"]
-            response = client.post("/v1/audio/speech", json={"input": "Hello.", "voice": "x", "language": "zh"})
-            assert response.status_code == 422 and response.json()["error"]["field"] == "language"
-            assert client.get("/readyz").json()["indextts_version"] == "2.0"
-    finally:
-        sentry_sdk.flush(timeout=5)
-        sentry_sdk.init()
+    with service_client(settings) as client:
+        files = {"speaker_audio": ("v.wav", VOICE_AUDIO, "audio/wav")}
+        response = client.post("/v1/tts", data={"text": "Hello.", "language": "en"}, files=files)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == "language"
+        assert "IndexTTS-2.0" in response.json()["error"]["message"]
+        response = client.post("/v1/audio/speech", json={"input": "Hello.", "voice": "x", "language": "zh"})
+        assert response.status_code == 422 and response.json()["error"]["field"] == "language"
+        assert client.get("/readyz").json()["indextts_version"] == "2.0"

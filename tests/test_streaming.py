@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 import sentry_sdk
 import soundfile
+from service_client import service_client
 from triton_models import model_reconfigured
 
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
-from orchestrator.testing import in_flight_after_waiting, make_test_client, served_over_http, speech_like_wav
+from orchestrator.testing import in_flight_after_waiting, served_over_http, speech_like_wav
 
 VOICE_AUDIO = speech_like_wav(6.0, seed=51)
 TEXT = "Hello there, this is streamed."
@@ -42,15 +43,11 @@ def settings(triton_server, bugsink_server, demo_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def settings_with_voice(settings):
-    try:
-        with make_test_client(create_app(settings)) as client:
-            response = client.post("/v1/voices", data={"name": "streamer"},
-                                   files={"audio": ("v.wav", VOICE_AUDIO, "audio/wav")})
-            assert response.status_code == 201, response.text
-        yield settings
-    finally:
-        sentry_sdk.flush(timeout=5)
-        sentry_sdk.init()
+    with service_client(settings) as client:
+        response = client.post("/v1/voices", data={"name": "streamer"},
+                               files={"audio": ("v.wav", VOICE_AUDIO, "audio/wav")})
+        assert response.status_code == 201, response.text
+    return settings
 
 
 def _served(settings: Settings, **changes):

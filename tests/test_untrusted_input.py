@@ -16,10 +16,11 @@ import sentry_sdk
 from audio_bombs import silent_flac, wav_declaring_1_hz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from service_client import service_client
 
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
-from orchestrator.testing import make_test_client, served_over_http, speech_like_wav
+from orchestrator.testing import served_over_http, speech_like_wav
 
 pytest.importorskip("tritonclient.grpc")
 
@@ -45,14 +46,10 @@ def service_settings(triton_server, bugsink_server, demo_checkpoint, tmp_path_fa
 
 @pytest.fixture(scope="module")
 def client(service_settings):
-    try:
-        with make_test_client(create_app(service_settings)) as client:
-            assert client.post("/v1/voices", data={"name": "known"},
-                               files={"audio": ("v.wav", VOICE_AUDIO, "audio/wav")}).status_code == 201
-            yield client
-    finally:
-        sentry_sdk.flush(timeout=5)
-        sentry_sdk.init()
+    with service_client(service_settings) as client:
+        assert client.post("/v1/voices", data={"name": "known"},
+                           files={"audio": ("v.wav", VOICE_AUDIO, "audio/wav")}).status_code == 201
+        yield client
 
 
 def _tts(client, speaker: bytes | None = VOICE_AUDIO, headers: dict | None = None, **fields):

@@ -1,9 +1,11 @@
 """Fault injection on the session's tritonserver (explicit model control): a model unloaded, or
-reloaded with a changed config, for the length of a `with` block, then put back."""
+reloaded with a changed config, for the length of a `with` block, then put back. And the event a model
+reported to Bugsink about it."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -32,3 +34,17 @@ def model_reconfigured(server, model: str, change: Callable[[dict], None]) -> It
         yield
     finally:
         triton.load_model(model, config=json.dumps(original))
+
+
+def model_event_on_trace(bugsink_server, stage: str, trace_id: str, timeout_s: float = 20.0) -> dict:
+    """The one event the Triton model of `stage` sent on a request's trace (the orchestrator's own events
+    carry a request_id tag, the model's do not). The model reports from Triton's process on its own
+    schedule, so this waits for it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [event for event in bugsink_server.events(tags={"stage": stage})
+                 if event["contexts"].get("trace", {}).get("trace_id") == trace_id and "request_id" not in event["tags"]]
+        if found or time.monotonic() > deadline:
+            assert len(found) == 1, f"{len(found)} events from the {stage} model on trace {trace_id}"
+            return found[0]
+        time.sleep(0.2)
