@@ -72,6 +72,7 @@ from benchmarks.loadgen import (
 )
 from benchmarks.streaming import DEFAULT_CONCURRENCY as STREAMING_CONCURRENCY
 from benchmarks.streaming import check_streaming_targets, run_streaming, streaming_markdown
+from indextts2.defaults import MAX_TEXT_TOKENS_PER_SEGMENT
 from local_triton.process_group import NotReadyError, ServerProcess
 from orchestrator.settings import Settings
 
@@ -419,18 +420,14 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def text_segments(checkpoint_dir: Path) -> dict[str, int]:
-    """How many segments each text of the request set makes with this checkpoint's text front-end (2.0's
-    BPE; 2.5's tokenizer in the detected language, as the requests send no `language`)."""
+    """How many segments each text of the request set makes with this checkpoint's text front-end, as the
+    services segment it (the default MAX_TEXT_TOKENS_PER_SEGMENT; 2.5 in the detected language, as the
+    requests send no `language`)."""
     from orchestrator.assets import ModelAssets
 
     assets = ModelAssets.load(checkpoint_dir)
-
-    def count(text: str) -> int:
-        if assets.is_2_5:
-            return len(assets.text_frontend.prepare(text, "auto", assets.max_text_tokens).segments)
-        return len(assets.text_frontend.split_segments(text, assets.max_text_tokens))
-
-    return {kind: count(text) for kind, text in TEXTS.items()}
+    max_tokens = assets.segment_tokens(MAX_TEXT_TOKENS_PER_SEGMENT)
+    return {kind: len(assets.text_segments(text, max_tokens, "auto")) for kind, text in TEXTS.items()}
 
 
 # --- the report -----------------------------------------------------------------------------------

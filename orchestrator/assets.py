@@ -60,6 +60,21 @@ class ModelAssets:
     def max_text_tokens(self) -> int:
         return int(self.config["gpt"]["max_text_tokens"])
 
+    def segment_tokens(self, requested: int) -> int:
+        """The most text tokens in one segment: `requested` (MAX_TEXT_TOKENS_PER_SEGMENT), capped so that a
+        segment fits the GPT's text positions."""
+        return min(requested, self.max_text_tokens)
+
+    def text_segments(self, text: str, max_tokens: int, language: str | None,
+                      first_segment_tokens: int = 0) -> list[list[int]]:
+        """Text -> token ids per segment of at most `max_tokens`: IndexTTS-2.0's BPE front-end
+        (first_segment_tokens: a short first segment, see `split_pieces`), or 2.5's in `language` (a
+        language code, or 'auto'/None to detect it). Raises TextError / TextError25 when nothing is left to
+        speak."""
+        if self.is_2_5:
+            return self.text_frontend.prepare(text, language or "auto", max_tokens).segments
+        return self.text_frontend.split_segments(text, max_tokens, 0, first_segment_tokens)
+
     @classmethod
     def load(cls, checkpoint_dir: str | Path) -> ModelAssets:
         """Raises SettingsError naming the directory and the file when something is missing."""

@@ -275,16 +275,10 @@ class SynthesisPipeline:
         `split_pieces` (a short first segment for streaming; IndexTTS-2.0 only). language: IndexTTS-2.5's
         language code (`language`), whose tag starts every segment."""
         check_text_length(text, self.settings.max_text_chars)
-        # Segments must fit the GPT's text positions (max_text_tokens, start/stop tokens aside).
-        max_tokens = min(self.settings.max_text_tokens_per_segment, self.assets.max_text_tokens)
+        max_tokens = self.assets.segment_tokens(self.settings.max_text_tokens_per_segment)
         try:
-            if self.assets.is_2_5:
-                prepared = await self._in_process("text_frontend", self.assets.text_frontend.prepare, text,
-                                                  language or self.language(text, None), max_tokens)
-                segments = prepared.segments
-            else:
-                segments = await self._in_process("text_frontend", self.assets.text_frontend.split_segments, text,
-                                                  max_tokens, 0, first_segment_tokens)
+            segments = await self._in_process("text_frontend", self.assets.text_segments, text, max_tokens,
+                                              language or self.language(text, None), first_segment_tokens)
         except (TextError, TextError25):
             raise nothing_to_speak() from None
         segments = [segment for segment in segments if segment]
@@ -457,7 +451,7 @@ class SynthesisPipeline:
             torch.from_numpy(speaker.base_emotion_vector.astype(np.float32))[None],
             None if emotion is None else torch.from_numpy(emotion.emotion_vector.astype(np.float32))[None],
             options.emo_alpha, options.emotion_weights, self.assets.emotion_bank,
-            torch.from_numpy(speaker.style)[None],
+            torch.from_numpy(speaker.style.astype(np.float32))[None],  # a copy: the cached conditioning is read-only
         )
         return np.ascontiguousarray(vector[0].float().numpy(), dtype=np.float32)
 

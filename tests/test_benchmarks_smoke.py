@@ -10,49 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import yaml
+from tiny_benchmark import CODES, CONCURRENCY, REQUESTS, run_tiny_benchmark
 
 from benchmarks import loadgen
-from benchmarks.loadgen import HttpTarget, SynthesisControls, build_requests, run_load
-from benchmarks.run_benchmarks import annotate_runs, check_targets, markdown
-from indextts2.rules import target_mel_frames
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONCURRENCY = [1, 2]
-REQUESTS = 3  # one of each text length: 1, 1 and 3 segments
-CODES = 6
+from benchmarks.loadgen import TEXTS, HttpTarget, SynthesisControls, build_requests, run_load
+from benchmarks.run_benchmarks import annotate_runs, check_targets, markdown, text_segments
+from indextts2.defaults import MAX_TEXT_TOKENS_PER_SEGMENT, MEL_HOP_SAMPLES, OUTPUT_SAMPLE_RATE
+from indextts2.rules import segment_silence, target_mel_frames
+from orchestrator.assets import ModelAssets
 
 
 @pytest.fixture(scope="module")
 def tiny_run(triton_server, demo_checkpoint, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("bench_smoke")
-    command = [
-        sys.executable, "-m", "benchmarks.run_benchmarks", "--checkpoint", str(demo_checkpoint.model_dir),
-        "--triton-grpc-url", triton_server.grpc_url, "--presets", "demo",
-        "--concurrency", *map(str, CONCURRENCY), "--requests", str(REQUESTS), "--codes", str(CODES),
-        "--diffusion-steps", "2", "--name", "smoke", "--out-dir", str(out / "results"),
-        "--build-dir", str(out / "build"), "--ceiling-batches", "1", "2", "--ceiling-gpt-batches", "1", "4",
-        "--streaming-concurrency", "2", "--streaming-codes", "40",
-    ]
-    completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    results = out / "results"
-    return {
-        "stdout": completed.stdout,
-        "report": json.loads((results / "smoke.json").read_text()),
-        "markdown": (results / "smoke.md").read_text(),
-        "png": results / "smoke_demo.png",
-        "streaming": json.loads((results / "streaming.json").read_text()),
-        "streaming_markdown": (results / "streaming.md").read_text(),
-    }
+    run = run_tiny_benchmark(demo_checkpoint.model_dir, triton_server.grpc_url, "demo", "smoke",
+                             tmp_path_factory.mktemp("bench_smoke"),
+                             "--streaming-concurrency", "2", "--streaming-codes", "40")
+    run["streaming"] = json.loads((run["results"] / "streaming.json").read_text())
+    run["streaming_markdown"] = (run["results"] / "streaming.md").read_text()
+    return run
 
 
 def test_json_report_has_every_run_with_its_figures(tiny_run):
@@ -119,7 +101,8 @@ def test_fixed_code_count_gives_every_request_its_exact_audio_length_on_both_sys
     for run in tiny_run["report"]["presets"]["demo"]["runs"]:
         for record in (record for record in run["records"] if record["outcome"] == "200"):
             count = segments[record["text_kind"]]
-            expected = (count * target_mel_frames(CODES) * 256 + (count - 1) * 4410) / 22050
+            expected = (count * target_mel_frames(CODES) * MEL_HOP_SAMPLES
+                        + (count - 1) * segment_silence().shape[0]) / OUTPUT_SAMPLE_RATE
             assert abs(record["audio_s"] - expected) < 1e-3, (run["system"], record)
 
 
@@ -272,3 +255,23 @@ def test_target_checks_and_report_on_a_made_up_run():
     text = markdown(report)
     assert "| 64 | served | 10 | 9 | 5 | 0 | 1 |" in text and "| 60 % |" in text
     assert "**Ceiling: 2.000 requests/s = 4.000 audio s/s**" in text
+
+
+def test_segments_are_counted_as_the_services_segment_the_text(demo_checkpoint, tmp_path):
+    """The report's segments per text (its expected audio lengths, the ceiling's calls per request) follow
+    the services' MAX_TEXT_TOKENS_PER_SEGMENT, also for a GPT with the official 600 text positions, where
+    the GPT's limit alone would make the long text one segment."""
+    official_size = tmp_path / "checkpoint"
+    official_size.mkdir()
+    for path in demo_checkpoint.model_dir.iterdir():
+        (official_size / path.name).symlink_to(path)
+    config = yaml.safe_load((demo_checkpoint.model_dir / "config.yaml").read_text())
+    config["gpt"]["max_text_tokens"] = 600
+    (official_size / "config.yaml").unlink()
+    (official_size / "config.yaml").write_text(yaml.safe_dump(config))
+
+    counts = text_segments(official_size)
+    assert counts == text_segments(demo_checkpoint.model_dir)
+    assets = ModelAssets.load(official_size)
+    assert counts["long"] == len(assets.text_segments(TEXTS["long"], MAX_TEXT_TOKENS_PER_SEGMENT, None)) > 1
+    assert len(assets.text_segments(TEXTS["long"], assets.max_text_tokens, None)) == 1
