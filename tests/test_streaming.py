@@ -130,6 +130,36 @@ def test_chunks_arrive_before_the_gpt_has_finished_the_segment(settings_with_voi
     assert _pcm(stream).shape[0] == round(249 * 1.72) * 256
 
 
+def test_later_segments_start_decoding_once_the_first_chunk_is_rendered(settings_with_voice):
+    """In chunks, the listener waits for segment 0's first chunk: the next segment's GPT starts after it,
+    not alongside it, where it would compete for the machine."""
+    app, served = _served(settings_with_voice, stream_chunk_codes="20,40,80", max_text_tokens_per_segment=8)
+    triton = app.state.service.triton
+    events: list[str] = []
+    decode_stream, infer = triton.decode_stream, triton.infer
+
+    async def observed_decode_stream(*args, **kwargs):
+        events.append("decode")
+        async for chunk in decode_stream(*args, **kwargs):
+            yield chunk
+
+    async def observed_infer(model, *args, **kwargs):
+        result = await infer(model, *args, **kwargs)
+        if model == "s2mel":
+            events.append("s2mel")
+        return result
+
+    triton.decode_stream, triton.infer = observed_decode_stream, observed_infer
+    text = {"text": "Hello there. This is a test of streaming, in two sentences.", "max_codes": "60",
+            "min_codes": "60", "stream_mode": "chunk"}
+    with served as url:
+        response = _post_tts(url, **text, stream="true")
+    assert response.status_code == 200, response.text
+    assert events.count("decode") >= 2, events
+    second_decode = events.index("decode", 1)
+    assert "s2mel" in events[:second_decode], events
+
+
 def test_every_stream_format_parses_and_carries_the_whole_audio(settings_with_voice):
     request = {"input": TEXT, "voice": "streamer"}
     with _served(settings_with_voice)[1] as url:
