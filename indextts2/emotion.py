@@ -112,22 +112,33 @@ def scale_emotion_weights(weights: Sequence[float], emo_alpha: float) -> list[fl
     return [int(w * scale * 10000) / 10000 for w in weights]
 
 
+def uses_emotion_audio(has_emotion_audio: bool, emo_weights: Sequence[float] | None) -> bool:
+    """Whether the emotion reference is the emotion audio. infer_v2 drops the emotion audio when emotion
+    weights are given; without emotion audio, the speaker's own audio, read again as an emotion reference
+    (straight to 16 kHz, as `emotion_prompt_features` reads it, not through 22.05 kHz as the speaker prompt
+    is), takes its place."""
+    return has_emotion_audio and emo_weights is None
+
+
 def gpt_emotion_vector(
     base: torch.Tensor,
-    emotion: torch.Tensor | None,
+    reference: torch.Tensor,
+    from_emotion_audio: bool,
     emo_alpha: float,
     emo_weights: Sequence[float] | None,
     bank: EmotionBank,
     style: torch.Tensor,
 ) -> torch.Tensor:
-    """The GPT's emotion vector (1, d) by infer_v2's rules, from the emotion encoder's vectors of the
-    speaker audio (`base`) and of the emotion audio (`emotion`, None without one):
-    - emotion weights override the emotion audio: scaled by emo_alpha, they pick rows of the emotion bank
-      closest to the speaker's style and mix them with (1 - sum) * base;
-    - else, with emotion audio: base + emo_alpha * (emotion - base);
-    - else: base.
-    The served pipeline and the eager one both call this."""
-    vector = base if emo_weights is not None or emotion is None else base + emo_alpha * (emotion - base)
+    """The GPT's emotion vector (1, d) by infer_v2's (and infer_v2_5's) rules, from the emotion encoder's
+    vectors of the speaker prompt's features (`base`) and of the emotion reference (`reference`: the
+    emotion audio's, or the speaker's audio read as an emotion reference; `uses_emotion_audio` says which):
+    - base + alpha * (reference - base) (merge_emovec), where alpha is emo_alpha for emotion audio and 1
+      for the speaker's own audio;
+    - emotion weights, scaled by emo_alpha, pick rows of the emotion bank closest to the speaker's style
+      and mix them with (1 - sum) * that vector.
+    The served pipeline and both eager ones call this."""
+    alpha = emo_alpha if from_emotion_audio else 1.0
+    vector = base + alpha * (reference - base)
     if emo_weights is not None:
         vector, _ = emotion_vector_from_weights(bank, scale_emotion_weights(emo_weights, emo_alpha), style, vector)
     return vector

@@ -17,7 +17,7 @@ import torch
 
 from indextts2 import defaults, rules
 from indextts2.checkpoint_dir import IndexTTS2Networks
-from indextts2.emotion import gpt_emotion_vector
+from indextts2.emotion import gpt_emotion_vector, uses_emotion_audio
 from indextts2.frontend.audio import emotion_prompt_features, prompt_features, s2mel_mel_args
 from indextts2.networks.gpt import SamplingConfig
 from indextts2.rules import segment_silence, target_mel_frames
@@ -77,28 +77,9 @@ class EagerPipeline:
 
     @torch.inference_mode()
     def emotion_features(self, samples: np.ndarray, sample_rate: int) -> torch.Tensor:
-        """An emotion reference is read at 16 kHz and cut to 15 s, as infer_v2 does."""
+        """An emotion reference (or, without one, the speaker's audio) is read at 16 kHz and cut to 15 s,
+        as infer_v2 does."""
         return semantic_features(self.networks, *emotion_prompt_features(samples, sample_rate), self.device)
-
-    @torch.inference_mode()
-    def emotion_vector(
-        self,
-        speaker: SpeakerPrompt,
-        emotion_features: torch.Tensor | None = None,
-        emo_alpha: float = 1.0,
-        emo_weights: list[float] | None = None,
-    ) -> torch.Tensor:
-        """The GPT's emotion vector (1, d), with infer_v2's rules (`gpt_emotion_vector`, which the served
-        pipeline calls too): an emotion vector (8 weights) overrides the emotion audio; without emotion
-        audio, the speaker's own audio is the emotion reference."""
-        gpt = self.networks.gpt
-
-        def emotion_encoder(features: torch.Tensor) -> torch.Tensor:
-            return gpt.get_emovec(features, torch.tensor([features.shape[1]], device=self.device))
-
-        base = emotion_encoder(speaker.semantic_features)
-        emotion = None if emotion_features is None or emo_weights is not None else emotion_encoder(emotion_features)
-        return gpt_emotion_vector(base, emotion, emo_alpha, emo_weights, self.networks.emotion_bank, speaker.style)
 
     @torch.inference_mode()
     def synthesize_segment(
@@ -156,10 +137,8 @@ class EagerPipeline:
         """`synthesize` one segment at a time, as infer_v2's `stream_return` does: yields (waveform,
         codes, mel frames) per text segment, in order, without the silences between them."""
         speaker = self.speaker_prompt(speaker_samples, speaker_sample_rate)
-        emotion = None
-        if emotion_samples is not None:
-            emotion = self.emotion_features(emotion_samples, emotion_sample_rate or speaker_sample_rate)
-        emovec = self.emotion_vector(speaker, emotion, emo_alpha, emo_weights)
+        emovec = emotion_vector_of_request(self, speaker, speaker_samples, speaker_sample_rate, emotion_samples,
+                                           emotion_sample_rate, emo_alpha, emo_weights)
         segments = self.networks.text_frontend.split_segments(text, max_text_tokens_per_segment)
         for index, text_ids in enumerate(segments):
             segment_sampling, generator = sampling_of_segment(sampling, seed, index)
@@ -173,6 +152,41 @@ class EagerPipeline:
         """Text + reference audio -> 22.05 kHz waveform, segments joined with 200 ms of silence.
         `options` are those of `synthesize_segments`."""
         return join_segments(self.synthesize_segments(text, speaker_samples, speaker_sample_rate, **options))
+
+
+@torch.inference_mode()
+def eager_emotion_vector(
+    pipeline: Any, speaker: Any, reference_features: torch.Tensor, from_emotion_audio: bool = False,
+    emo_alpha: float = 1.0, emo_weights: list[float] | None = None,
+) -> torch.Tensor:
+    """The GPT's emotion vector (1, d) in an eager pipeline (2.0 or 2.5), by infer_v2's rules
+    (`gpt_emotion_vector`, which the served pipeline calls too). `reference_features`: the pipeline's
+    `emotion_features` of the emotion audio (`from_emotion_audio`), or of the speaker's own audio when there
+    is none or emotion weights are given (`uses_emotion_audio`)."""
+    gpt = pipeline.networks.gpt
+
+    def emotion_encoder(features: torch.Tensor) -> torch.Tensor:
+        return gpt.get_emovec(features, torch.tensor([features.shape[1]], device=pipeline.device))
+
+    return gpt_emotion_vector(
+        emotion_encoder(speaker.semantic_features), emotion_encoder(reference_features), from_emotion_audio,
+        emo_alpha, emo_weights, pipeline.networks.emotion_bank, speaker.style,
+    )
+
+
+def emotion_vector_of_request(
+    pipeline: Any, speaker: Any, speaker_samples: np.ndarray, speaker_sample_rate: int,
+    emotion_samples: np.ndarray | None, emotion_sample_rate: int | None, emo_alpha: float,
+    emo_weights: list[float] | None,
+) -> torch.Tensor:
+    """A request's emotion vector in an eager pipeline (2.0 or 2.5): its emotion reference read as infer_v2
+    reads it (`uses_emotion_audio`), then `eager_emotion_vector`."""
+    from_emotion_audio = uses_emotion_audio(emotion_samples is not None, emo_weights)
+    if from_emotion_audio:
+        reference = pipeline.emotion_features(emotion_samples, emotion_sample_rate or speaker_sample_rate)
+    else:
+        reference = pipeline.emotion_features(speaker_samples, speaker_sample_rate)
+    return eager_emotion_vector(pipeline, speaker, reference, from_emotion_audio, emo_alpha, emo_weights)
 
 
 def semantic_features(

@@ -6,9 +6,8 @@ Stage by stage, what differs from the 2.0 `EagerPipeline`:
 - the codes (25 Hz) go through `EnhancedCodec.decode` (N codes -> 2N frames at 50 Hz); there is no
   gpt_layer and no GPT latent;
 - the s2mel prompt condition is the length-regulated *raw* normalised w2v-BERT features;
-- the mel length is `int(2N * 1.72 * duration_ratio)` (truncated, as the official code does);
-- without an emotion reference the speaker's audio is the emotion reference, read at 16 kHz directly
-  (as the official code re-reads the file), not the speaker's 22.05 kHz -> 16 kHz features.
+- the mel length is `int(2N * 1.72 * duration_ratio)` (truncated, as the official code does).
+The emotion rules are 2.0's (`emotion_vector_of_request`).
 The GPT decodes at the official KV-cached mel positions by default: 2.5 uses no GPT latent, so nothing
 needs the trained positions, and the official ones reproduce the official codes.
 """
@@ -24,13 +23,13 @@ import torch
 
 from indextts2 import defaults, rules
 from indextts2.checkpoint_dir_2_5 import IndexTTS25Networks
-from indextts2.emotion import emotion_vector_from_weights, scale_emotion_weights
 from indextts2.frontend.audio import emotion_prompt_features, prompt_features, s2mel_mel_args
 from indextts2.networks.gpt import SamplingConfig
 from indextts2.pipeline import (
     OFFICIAL_SAMPLING,
     SynthesisResult,
     content_to_waveform,
+    emotion_vector_of_request,
     join_segments,
     sampling_of_segment,
     semantic_features,
@@ -84,32 +83,6 @@ class EagerPipeline25:
     def emotion_features(self, samples: np.ndarray, sample_rate: int) -> torch.Tensor:
         """An emotion reference (or, without one, the speaker's audio) read at 16 kHz and cut to 15 s."""
         return semantic_features(self.networks, *emotion_prompt_features(samples, sample_rate), self.device)
-
-    @torch.inference_mode()
-    def emotion_vector(
-        self,
-        speaker: SpeakerPrompt25,
-        emotion_features: torch.Tensor,
-        emo_alpha: float = 1.0,
-        emo_weights: list[float] | None = None,
-    ) -> torch.Tensor:
-        """The GPT's emotion vector (1, d), with infer_v2_5's rules (the 2.0 ones). `emotion_features`:
-        from the emotion audio, or from the speaker audio read as an emotion reference when there is no
-        emotion audio or an emotion vector is given (then alpha is 1)."""
-        gpt = self.networks.gpt
-        alpha = 1.0 if emo_weights is not None else emo_alpha
-        spk = speaker.semantic_features
-        emovec = gpt.merge_emovec(
-            spk,
-            emotion_features,
-            torch.tensor([spk.shape[1]], device=self.device),
-            torch.tensor([emotion_features.shape[1]], device=self.device),
-            alpha,
-        )
-        if emo_weights is not None:
-            weights = scale_emotion_weights(emo_weights, emo_alpha)
-            emovec, _ = emotion_vector_from_weights(self.networks.emotion_bank, weights, speaker.style, emovec)
-        return emovec
 
     @torch.inference_mode()
     def generate_codes(
@@ -171,11 +144,8 @@ class EagerPipeline25:
         if frontend is None:
             raise ValueError("the checkpoint was loaded without its text front-end")
         speaker = self.speaker_prompt(speaker_samples, speaker_sample_rate)
-        if emo_weights is not None or emotion_samples is None:
-            emotion = self.emotion_features(speaker_samples, speaker_sample_rate)
-        else:
-            emotion = self.emotion_features(emotion_samples, emotion_sample_rate or speaker_sample_rate)
-        emovec = self.emotion_vector(speaker, emotion, emo_alpha, emo_weights)
+        emovec = emotion_vector_of_request(self, speaker, speaker_samples, speaker_sample_rate, emotion_samples,
+                                           emotion_sample_rate, emo_alpha, emo_weights)
         prepared = frontend.prepare(text, language, max_text_tokens_per_segment)
         for index, text_ids in enumerate(prepared.segments):
             segment_sampling, generator = sampling_of_segment(sampling, seed, index)

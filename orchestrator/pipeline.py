@@ -6,7 +6,8 @@ with its rules, each model call going to Triton instead of an in-process network
                                                                      ├─▶ speaker_conditioner                 (speaker latents)
                                                                      └─▶ emotion_conditioner                 (base emotion vector)
                           fbank ─▶ campplus (style)     log-mel (reference mel, in-process)
-    emotion audio ──features──▶ semantic_encoder ─▶ emotion_conditioner                                     (emotion vector)
+    speaker audio ──emotion features (16 kHz straight)──▶ semantic_encoder ─▶ emotion_conditioner          (own emotion vector)
+    emotion audio ──emotion features──▶ semantic_encoder ─▶ emotion_conditioner                             (emotion vector)
     per segment: gpt_decoder (streamed codes + latents) ─▶ s2mel (mel) ─▶ vocoder (waveform)
     segments joined with 200 ms of silence
 
@@ -39,7 +40,7 @@ import torch
 
 from indextts2 import defaults
 from indextts2.defaults import MEL_HOP_SAMPLES
-from indextts2.emotion import gpt_emotion_vector
+from indextts2.emotion import gpt_emotion_vector, uses_emotion_audio
 from indextts2.frontend.audio import (
     MAX_PROMPT_SECONDS,
     AudioDecodeError,
@@ -88,11 +89,14 @@ class ReferenceAudio:
 @dataclass(frozen=True)
 class SpeakerConditioning:
     """Everything derived from a speaker reference. The semantic features themselves are not kept:
-    no later stage reads them (the base emotion vector is computed here), and at 15 s of a real
+    no later stage reads them (the emotion vectors are computed here), and at 15 s of a real
     checkpoint they would be the largest item (750 x 1024 floats)."""
 
     speaker_latents: np.ndarray  # (32, d) GPT conditioning; IndexTTS-2.5: (1, d), spk_emb_proj(style)
-    base_emotion_vector: np.ndarray  # (d,) emotion_conditioner on the speaker's own audio
+    base_emotion_vector: np.ndarray  # (d,) emotion_conditioner on the speaker prompt's features
+    # (d,) emotion_conditioner on the speaker's audio read as an emotion reference (16 kHz straight, as
+    # infer_v2 reads it again): the emotion reference when there is no emotion audio
+    own_emotion_vector: np.ndarray
     prompt_condition: np.ndarray  # (T_ref, C) length-regulated codec embedding (2.5: raw features) of the prompt
     ref_mel: np.ndarray  # (80, T_ref) log mel of the (≤15 s) prompt
     style: np.ndarray  # (192,) CAMPPlus
@@ -397,28 +401,31 @@ class SynthesisPipeline:
 
         conditioner_inputs = {"semantic_features": semantic, "feature_lengths": lengths}
         if self.assets.is_2_5:
-            condition, (style, latents), base = await gather_all(
+            condition, (style, latents), base, own = await gather_all(
                 raw_prompt_condition(),
                 style_and_latents_2_5(),
                 self.triton.infer("emotion_conditioner", conditioner_inputs, ["emotion_vector"]),
+                self._emotion_reference_vector(audio),
             )
         else:
-            condition, style, latents, base = await gather_all(
+            condition, style, latents, base, own = await gather_all(
                 prompt_condition(),
                 self.triton.infer("campplus", {"fbank": features.fbank[None]}, ["speaker_style"]),
                 self.triton.infer("speaker_conditioner", conditioner_inputs, ["speaker_latents"]),
                 self.triton.infer("emotion_conditioner", conditioner_inputs, ["emotion_vector"]),
+                self._emotion_reference_vector(audio),
             )
         conditioning = SpeakerConditioning(
             speaker_latents=latents["speaker_latents"][0],
             base_emotion_vector=base["emotion_vector"][0],
+            own_emotion_vector=own,
             prompt_condition=condition,
             ref_mel=ref_mel,
             style=style["speaker_style"][0],
             duration_s=audio.duration_s,
             used_duration_s=features.used_samples_22k / SAMPLE_RATE,
         )
-        warnings += self._check_emotion_embedding(conditioning.base_emotion_vector, "speaker reference")
+        warnings += self._check_emotion_embedding(conditioning.own_emotion_vector, "speaker reference")
         conditioning = dataclasses.replace(conditioning, warnings=tuple(warnings))
         self.cache.put(key, conditioning)
         return conditioning
@@ -432,24 +439,30 @@ class SynthesisPipeline:
             return cached
         # A short emotion reference still carries its emotion: only the cut is noted.
         warnings = self._check_reference_length(audio) if audio.duration_s > MAX_PROMPT_SECONDS else []
-        semantic = await self._semantic_features(*await self._features(audio, emotion_prompt_features))
-        lengths = np.array([[semantic.shape[1]]], dtype=np.int64)
-        result = await self.triton.infer(
-            "emotion_conditioner", {"semantic_features": semantic, "feature_lengths": lengths}, ["emotion_vector"]
-        )
-        vector = result["emotion_vector"][0]
+        vector = await self._emotion_reference_vector(audio)
         warnings += self._check_emotion_embedding(vector, "emotion reference")
         conditioning = EmotionConditioning(vector, audio.duration_s, tuple(warnings))
         self.cache.put(key, conditioning)
         return conditioning
 
+    async def _emotion_reference_vector(self, audio: ReferenceAudio) -> np.ndarray:
+        """emotion_conditioner on `audio` read as an emotion reference (16 kHz straight, 15 s)."""
+        semantic = await self._semantic_features(*await self._features(audio, emotion_prompt_features))
+        lengths = np.array([[semantic.shape[1]]], dtype=np.int64)
+        result = await self.triton.infer(
+            "emotion_conditioner", {"semantic_features": semantic, "feature_lengths": lengths}, ["emotion_vector"]
+        )
+        return result["emotion_vector"][0]
+
     def emotion_vector(
         self, speaker: SpeakerConditioning, emotion: EmotionConditioning | None, options: SynthesisOptions
     ) -> np.ndarray:
-        """The GPT's emotion vector, by infer_v2's rules (`gpt_emotion_vector`, as EagerPipeline's)."""
+        """The GPT's emotion vector, by infer_v2's rules (`gpt_emotion_vector`, as the eager pipelines')."""
+        from_emotion_audio = uses_emotion_audio(emotion is not None, options.emotion_weights)
+        reference = emotion.emotion_vector if from_emotion_audio else speaker.own_emotion_vector
         vector = gpt_emotion_vector(
             torch.from_numpy(speaker.base_emotion_vector.astype(np.float32))[None],
-            None if emotion is None else torch.from_numpy(emotion.emotion_vector.astype(np.float32))[None],
+            torch.from_numpy(reference.astype(np.float32))[None], from_emotion_audio,
             options.emo_alpha, options.emotion_weights, self.assets.emotion_bank,
             torch.from_numpy(speaker.style.astype(np.float32))[None],  # a copy: the cached conditioning is read-only
         )

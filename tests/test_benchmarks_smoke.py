@@ -78,7 +78,8 @@ def test_ceiling_has_every_stage_at_batch_1_and_its_best_batch(tiny_run):
     # One request per text length: 1, 1 and 3 segments.
     assert ceiling["segments_per_request"] == pytest.approx(5 / 3, abs=1e-3)
     assert stages["s2mel"]["calls_per_request"] == stages["gpt_decoder"]["calls_per_request"] == pytest.approx(5 / 3, abs=1e-3)
-    assert stages["semantic_encoder"]["calls_per_request"] == 1.0
+    # Each request's own speaker audio: its prompt, and the same audio read as the emotion reference.
+    assert stages["semantic_encoder"]["calls_per_request"] == stages["emotion_conditioner"]["calls_per_request"] == 2.0
     for row in stages.values():
         assert 0 < row["best_ms"] <= row["batch1_ms"] + 1e-6, row
         assert row["ms_per_request"] == pytest.approx(row["best_ms"] * row["calls_per_request"], rel=1e-3)

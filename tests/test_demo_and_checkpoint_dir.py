@@ -13,7 +13,7 @@ from golden import load_golden, load_golden_config
 from indextts2.checkpoint import CheckpointError
 from indextts2.checkpoint_dir import CheckpointPaths, load_networks
 from indextts2.defaults import OUTPUT_SAMPLE_RATE, SEGMENT_SILENCE_MS
-from indextts2.pipeline import EagerPipeline, SamplingConfig
+from indextts2.pipeline import EagerPipeline, SamplingConfig, eager_emotion_vector
 from indextts2.presets import write_demo_checkpoint
 
 OFFICIAL_FILES = [
@@ -138,8 +138,9 @@ def test_duration_ratio_scales_the_mel_length(demo_pipeline):
 
 def test_emotion_audio_and_emotion_vector_change_the_conditioning(demo_pipeline):
     speaker = demo_pipeline.speaker_prompt(_reference_audio(2.0), 24000)
-    base = demo_pipeline.emotion_vector(speaker)
+    own = demo_pipeline.emotion_features(_reference_audio(2.0), 24000)
+    base = eager_emotion_vector(demo_pipeline, speaker, own)
     other = demo_pipeline.emotion_features(_reference_audio(2.5, seed=3) * 0.5, 24000)
-    from_audio = demo_pipeline.emotion_vector(speaker, other, emo_alpha=0.8)
-    from_weights = demo_pipeline.emotion_vector(speaker, emo_weights=[0.5, 0, 0, 0, 0, 0, 0, 0.2])
+    from_audio = eager_emotion_vector(demo_pipeline, speaker, other, from_emotion_audio=True, emo_alpha=0.8)
+    from_weights = eager_emotion_vector(demo_pipeline, speaker, own, emo_weights=[0.5, 0, 0, 0, 0, 0, 0, 0.2])
     assert not torch.allclose(base, from_audio) and not torch.allclose(base, from_weights)

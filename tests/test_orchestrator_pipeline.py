@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from indextts2.checkpoint_dir import load_networks
-from indextts2.pipeline import EagerPipeline
+from indextts2.pipeline import EagerPipeline, emotion_vector_of_request
 from orchestrator.assets import ModelAssets
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.pipeline import (
@@ -61,8 +61,11 @@ def test_emotion_vector_is_mixed_as_the_eager_pipeline_does(eager, pipeline, wit
     gpt = eager.networks.gpt
     speaker_samples, rate = _samples(3.0, seed=1)
     speaker = eager.speaker_prompt(speaker_samples, rate)
+    own_features = eager.emotion_features(speaker_samples, rate)  # the speaker's audio read as an emotion reference
     emotion_features = eager.emotion_features(*_samples(2.0, seed=2)) if with_emotion_audio else None
-    expected = eager.emotion_vector(speaker, emotion_features, emo_alpha, weights)
+    expected = emotion_vector_of_request(eager, speaker, speaker_samples, rate,
+                                         *(_samples(2.0, seed=2) if with_emotion_audio else (None, None)),
+                                         emo_alpha, weights)
 
     def emovec(features: torch.Tensor) -> np.ndarray:  # what the emotion_conditioner model returns
         with torch.inference_mode():
@@ -70,13 +73,31 @@ def test_emotion_vector_is_mixed_as_the_eager_pipeline_does(eager, pipeline, wit
 
     conditioning = SpeakerConditioning(
         speaker_latents=speaker.speaker_latents[0].numpy(), base_emotion_vector=emovec(speaker.semantic_features),
-        prompt_condition=speaker.prompt_condition[0].numpy(), ref_mel=speaker.ref_mel[0].numpy(),
-        style=speaker.style[0].numpy(), duration_s=3.0, used_duration_s=3.0,
+        own_emotion_vector=emovec(own_features), prompt_condition=speaker.prompt_condition[0].numpy(),
+        ref_mel=speaker.ref_mel[0].numpy(), style=speaker.style[0].numpy(), duration_s=3.0, used_duration_s=3.0,
     )
     emotion = EmotionConditioning(emovec(emotion_features), 2.0) if emotion_features is not None else None
     options = SynthesisOptions(emo_alpha=emo_alpha, emotion_weights=tuple(weights) if weights else None)
     mixed = pipeline.emotion_vector(conditioning, emotion, options)
     np.testing.assert_allclose(mixed, expected[0].numpy(), atol=1e-6)
+
+
+def test_without_emotion_audio_the_speaker_audio_read_at_16_khz_is_the_emotion_reference(eager):
+    """infer_v2 reads the speaker's file again, straight to 16 kHz, as the emotion reference, with alpha
+    forced to 1: not the speaker prompt's 22.05 -> 16 kHz features, which differ for a 24 kHz upload."""
+    gpt = eager.networks.gpt
+    samples, rate = _samples(3.0, seed=1)
+    speaker = eager.speaker_prompt(samples, rate)
+    with torch.inference_mode():
+        own = gpt.get_emovec(*_with_length(eager.emotion_features(samples, rate)))
+        prompt = gpt.get_emovec(*_with_length(speaker.semantic_features))
+    vector = emotion_vector_of_request(eager, speaker, samples, rate, None, None, 0.5, None)
+    np.testing.assert_allclose(vector.numpy(), own.numpy(), atol=1e-6)
+    assert np.abs(own - prompt).max() > 1e-4
+
+
+def _with_length(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return features, torch.tensor([features.shape[1]])
 
 
 def test_text_is_segmented_as_the_eager_pipeline_does(eager, pipeline):

@@ -112,7 +112,8 @@ def test_a_voice_is_stored_once_and_its_conditioning_reused(service, server):
     for name in ("carol", "carol-copy"):
         response = service.post("/v1/voices", data={"name": name}, files={"audio": ("c.wav", audio, "audio/wav")})
         assert response.status_code == 201, response.text
-    assert _inference_count(server, "semantic_encoder") == encoder_runs + 1  # the second hit the cache
+    # The first: its prompt, and its audio read as the emotion reference; the second hit the cache.
+    assert _inference_count(server, "semantic_encoder") == encoder_runs + 2
     voices_dir = service.app.state.settings.voices_dir
     assert len(list((voices_dir / "audio").iterdir())) == 1
     listed = service.get("/v1/voices").json()["voices"]

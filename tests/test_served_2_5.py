@@ -1,7 +1,8 @@
 """IndexTTS-2.5 served: `python -m export` on a 2.5 checkpoint directory writes a complete repository (and
 refuses a 2.0 file in a 2.5 directory, and the reverse), and the service on the demo-2.5 repository, behind
 its own real local tritonserver, answers both routes with valid audio, streamed and not, with the 2.5 mel
-length rule, the `language` field and the version in /readyz and the release name."""
+length rule, the `language` field and the version in /readyz and the release name, and makes what the eager
+2.5 pipeline makes."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ from service_client import service_client
 
 from export.__main__ import main as export_main
 from export.repository import COMMITTED_REPOSITORY, export_repository
+from indextts2.checkpoint_dir_2_5 import load_networks_2_5
+from indextts2.networks.gpt import SamplingConfig
+from indextts2.pipeline import emotion_vector_of_request
+from indextts2.pipeline_2_5 import EagerPipeline25
 from indextts2.rules import target_mel_frames_2_5
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
@@ -159,6 +164,41 @@ def test_emotion_vector_and_emotion_audio_serve(client):
     response = client.post("/v1/tts", data={"text": "Hello there.", "voice": "v25", "emotion_voice": "v25",
                                             "emo_alpha": "0.5", **FIXED})
     assert response.status_code == 200, response.text
+
+
+def test_the_served_stack_and_the_eager_2_5_pipeline_agree_on_the_emotion_vector_and_the_waveform(
+    client, demo_checkpoint_2_5, monkeypatch
+):
+    """As tests/test_served_equals_eager.py for 2.0: greedy, fixed length, the same seed. The GPT's emotion
+    vector is compared as well: 2.5's s2mel takes no GPT latent, so the waveform alone would not show a
+    different emotion rule (without emotion audio, the speaker's file read again at 16 kHz is the
+    reference, as infer_v2_5 does)."""
+    triton = client.app.state.service.triton
+    sent: list[np.ndarray] = []
+    decode = triton.decode
+
+    async def observed_decode(inputs, latent_dim):
+        sent.append(inputs["emotion_vector"].copy())
+        return await decode(inputs, latent_dim)
+
+    monkeypatch.setattr(triton, "decode", observed_decode)
+    served = client.post("/v1/tts", data={"text": "Hello there.", "language": "en", "do_sample": "false", **FIXED},
+                         files={"speaker_audio": ("voice.wav", VOICE_AUDIO, "audio/wav")})
+    assert served.status_code == 200, served.text
+    served_waveform, rate = soundfile.read(io.BytesIO(served.content), dtype="float32")
+
+    samples, sample_rate = soundfile.read(io.BytesIO(VOICE_AUDIO), dtype="float32")
+    eager = EagerPipeline25(load_networks_2_5(demo_checkpoint_2_5))
+    speaker = eager.speaker_prompt(samples, sample_rate)
+    vector = emotion_vector_of_request(eager, speaker, samples, sample_rate, None, None, 1.0, None)
+    np.testing.assert_allclose(sent[0].reshape(-1), vector[0].numpy(), atol=1e-4)
+
+    sampling = SamplingConfig(do_sample=False, max_codes=CODES, min_codes=CODES)
+    result = eager.synthesize("Hello there.", samples, sample_rate, language="en", sampling=sampling,
+                              diffusion_steps=3, seed=11)
+    quantised = np.round(np.clip(result.waveform, -1.0, 1.0) * 32767.0) / 32768.0  # as the WAV holds it
+    assert rate == 22050 and served_waveform.shape == quantised.shape
+    assert np.abs(served_waveform - quantised).max() <= 2e-3
 
 
 def test_streams_equal_the_whole_audio_in_one_chunk_and_by_segment(settings):

@@ -19,7 +19,7 @@ from service_client import demo_settings, service_client
 
 from indextts2.checkpoint_dir import load_networks
 from indextts2.networks.gpt import SamplingConfig
-from indextts2.pipeline import EagerPipeline
+from indextts2.pipeline import EagerPipeline, emotion_vector_of_request
 from orchestrator.testing import speech_like_wav
 
 TEXT = "Hello there. This is one request, said twice."
@@ -36,7 +36,18 @@ def client(triton_server, demo_checkpoint, tmp_path_factory):
         yield client
 
 
-def test_the_served_stack_and_the_eager_pipeline_make_the_same_waveform(client, demo_checkpoint):
+def test_the_served_stack_and_the_eager_pipeline_make_the_same_waveform(client, demo_checkpoint, monkeypatch):
+    """The GPT's emotion vector is compared too: on the demo networks the waveform barely shows it. Without
+    emotion audio, both take the speaker's file read again at 16 kHz as the reference, as infer_v2 does."""
+    triton = client.app.state.service.triton
+    sent: list[np.ndarray] = []
+    decode = triton.decode
+
+    async def observed_decode(inputs, latent_dim):
+        sent.append(inputs["emotion_vector"].copy())
+        return await decode(inputs, latent_dim)
+
+    monkeypatch.setattr(triton, "decode", observed_decode)
     audio = speech_like_wav(6.0, seed=5)
     served = client.post("/v1/tts", data={
         "text": TEXT, "do_sample": "false", "max_codes": str(CODES), "min_codes": str(CODES),
@@ -50,6 +61,11 @@ def test_the_served_stack_and_the_eager_pipeline_make_the_same_waveform(client, 
     sampling = SamplingConfig(do_sample=False, max_codes=CODES, min_codes=CODES)
     result = eager.synthesize(TEXT, samples, sample_rate, sampling=sampling, diffusion_steps=STEPS, seed=SEED)
     eager_waveform = result.waveform
+    speaker = eager.speaker_prompt(samples, sample_rate)
+    vector = emotion_vector_of_request(eager, speaker, samples, sample_rate, None, None, 1.0, None)
+    assert len(sent) == len(result.codes)  # one GPT call per segment, each with the request's vector
+    for sent_vector in sent:
+        np.testing.assert_allclose(sent_vector.reshape(-1), vector[0].numpy(), atol=1e-4)
 
     assert rate == 22050 and len(result.codes) >= 1
     assert served_waveform.shape == eager_waveform.shape
