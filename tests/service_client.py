@@ -3,6 +3,9 @@ the service on the demo checkpoint."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,3 +43,24 @@ def service_client(settings: Settings) -> Iterator[TestClient]:
     finally:
         sentry_sdk.flush(timeout=5)
         sentry_sdk.init()
+
+
+def hold_last_codes(triton: Any, until: threading.Event, timeout_s: float = 60.0) -> list[float]:
+    """Makes the service's `triton.decode_stream` hold each segment's last GPT response back until `until`
+    is set (for at most `timeout_s`). The demo GPT can decode a whole segment before the first chunk is
+    rendered, so a test that needs chunks rendered while the code stream is open must not leave that to
+    the machine's speed. Returns the times the last responses were let through."""
+    decode_stream = triton.decode_stream
+    released_at: list[float] = []
+
+    async def held(*args: Any, **kwargs: Any):
+        async for chunk in decode_stream(*args, **kwargs):
+            if chunk.finish_reason is not None:
+                deadline = time.monotonic() + timeout_s
+                while not until.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                released_at.append(time.monotonic())
+            yield chunk
+
+    triton.decode_stream = held
+    return released_at

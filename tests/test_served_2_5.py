@@ -10,12 +10,13 @@ import dataclasses
 import io
 import shutil
 import struct
+import threading
 
 import httpx
 import numpy as np
 import pytest
 import soundfile
-from service_client import service_client
+from service_client import hold_last_codes, service_client
 
 from export.__main__ import main as export_main
 from export.repository import COMMITTED_REPOSITORY, export_repository
@@ -219,12 +220,17 @@ def test_chunks_add_up_to_the_segment_by_the_2_5_rule(settings):
     app = create_app(dataclasses.replace(settings, stream_chunk_codes="4,6", gpt_stream_every=2))
     s2mel_calls: list[int] = []
     triton = app.state.service.triton
+    first_chunk_rendered = threading.Event()
+    hold_last_codes(triton, until=first_chunk_rendered)
     infer = triton.infer
 
     async def observed_infer(model, inputs, *args, **kwargs):
         if model == "s2mel":
             s2mel_calls.append(int(inputs["semantic_codes"].shape[1]))
-        return await infer(model, inputs, *args, **kwargs)
+        result = await infer(model, inputs, *args, **kwargs)
+        if model == "s2mel":
+            first_chunk_rendered.set()
+        return result
 
     triton.infer = observed_infer
     with served_over_http(app) as url:

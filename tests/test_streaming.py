@@ -6,7 +6,6 @@ reported once."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import io
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import sentry_sdk
 import soundfile
-from service_client import service_client
+from service_client import hold_last_codes, service_client
 from triton_models import model_reconfigured
 
 from orchestrator.app import create_app
@@ -90,19 +89,10 @@ def test_chunks_arrive_before_the_gpt_has_finished_the_segment(settings_with_voi
     app, served = _served(settings_with_voice, stream_chunk_codes="20,40,80")
     triton = app.state.service.triton
     first_audio = threading.Event()
-    finished_at: list[float] = []
+    finished_at = hold_last_codes(triton, until=first_audio)
     s2mel_codes: list[int] = []
     prompt_frames: list[tuple[int, int]] = []
-    decode_stream, infer = triton.decode_stream, triton.infer
-
-    async def observed_decode_stream(*args, **kwargs):  # the real call, its last response held back
-        async for chunk in decode_stream(*args, **kwargs):
-            if chunk.finish_reason is not None:
-                deadline = time.monotonic() + 60
-                while not first_audio.is_set() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.01)
-                finished_at.append(time.monotonic())
-            yield chunk
+    infer = triton.infer
 
     async def observed_infer(model, inputs, *args, **kwargs):
         if model == "s2mel":
@@ -110,7 +100,7 @@ def test_chunks_arrive_before_the_gpt_has_finished_the_segment(settings_with_voi
             prompt_frames.append((inputs["ref_mel"].shape[2], inputs["prompt_condition"].shape[1]))
         return await infer(model, inputs, *args, **kwargs)
 
-    triton.decode_stream, triton.infer = observed_decode_stream, observed_infer
+    triton.infer = observed_infer
     with served as url, httpx.stream("POST", f"{url}/v1/tts", data={**LONG, "stream": "true"}, timeout=120) as response:
         assert response.status_code == 200
         stream, first_audio_at = b"", None
@@ -221,8 +211,10 @@ def test_a_failure_after_the_first_audio_ends_the_stream_visibly_and_is_reported
     def without_code_offset(config: dict) -> None:
         config["input"] = [tensor for tensor in config["input"] if tensor["name"] != "code_offset"]
 
-    with model_reconfigured(triton_server, "s2mel", without_code_offset), \
-            _served(settings_with_voice, stream_chunk_codes="1")[1] as url, \
+    app, served = _served(settings_with_voice, stream_chunk_codes="1")
+    first_audio = threading.Event()  # the first chunk renders while the GPT's last codes are held back
+    hold_last_codes(app.state.service.triton, until=first_audio)
+    with model_reconfigured(triton_server, "s2mel", without_code_offset), served as url, \
             httpx.stream("POST", f"{url}/v1/tts", data={**LONG, "stream": "true"}, timeout=120) as response:
         assert response.status_code == 200
         request_id = response.headers["x-request-id"]
@@ -230,6 +222,8 @@ def test_a_failure_after_the_first_audio_ends_the_stream_visibly_and_is_reported
         with pytest.raises(httpx.RemoteProtocolError):  # cut without the final chunk
             for data in response.iter_raw():
                 received += data
+                if len(received) > 44:  # past the WAV header
+                    first_audio.set()
         assert len(received) > 44  # the first chunk came through
     sentry_sdk.flush(timeout=5)
     stored = bugsink_server.events(wait_for=1, timeout_s=20, tags={"request_id": request_id})
