@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import sentry_sdk
 
 from orchestrator.app import create_app
@@ -45,22 +46,41 @@ def service_client(settings: Settings) -> Iterator[TestClient]:
         sentry_sdk.init()
 
 
-def hold_last_codes(triton: Any, until: threading.Event, timeout_s: float = 60.0) -> list[float]:
-    """Makes the service's `triton.decode_stream` hold each segment's last GPT response back until `until`
-    is set (for at most `timeout_s`). The demo GPT can decode a whole segment before the first chunk is
-    rendered, so a test that needs chunks rendered while the code stream is open must not leave that to
-    the machine's speed. Returns the times the last responses were let through."""
+def hold_codes(triton: Any, after: int, until: threading.Event, timeout_s: float = 60.0) -> list[float]:
+    """Makes the service's `triton.decode_stream` let a segment's GPT responses through until `after` codes
+    have passed, and hold the rest of the segment's stream (its final response too) until `until` is set
+    (for at most `timeout_s`). The demo GPT can decode a whole segment before s2mel renders its first
+    chunk, so a test that needs chunks rendered while the code stream is open, or a chunk that starts past
+    a given code, must not leave that to the machine's speed. Returns the times the held streams went on."""
     decode_stream = triton.decode_stream
     released_at: list[float] = []
 
     async def held(*args: Any, **kwargs: Any):
+        passed = 0
+        holding = True
         async for chunk in decode_stream(*args, **kwargs):
-            if chunk.finish_reason is not None:
+            if holding and passed >= after:
                 deadline = time.monotonic() + timeout_s
                 while not until.is_set() and time.monotonic() < deadline:
                     await asyncio.sleep(0.01)
                 released_at.append(time.monotonic())
+                holding = False
+            passed += chunk.codes.size
             yield chunk
 
     triton.decode_stream = held
     return released_at
+
+
+def record_emotion_vectors(triton: Any, monkeypatch: Any) -> list[np.ndarray]:
+    """The emotion vector of every whole-segment gpt_decoder call the service makes from now on (for as
+    long as `monkeypatch` lasts), in call order."""
+    sent: list[np.ndarray] = []
+    decode = triton.decode
+
+    async def recorded(inputs: dict, latent_dim: int):
+        sent.append(inputs["emotion_vector"].copy())
+        return await decode(inputs, latent_dim)
+
+    monkeypatch.setattr(triton, "decode", recorded)
+    return sent

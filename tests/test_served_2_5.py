@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile
-from service_client import hold_last_codes, service_client
+from service_client import hold_codes, record_emotion_vectors, service_client
 
 from export.__main__ import main as export_main
 from export.repository import COMMITTED_REPOSITORY, export_repository
@@ -174,15 +174,7 @@ def test_the_served_stack_and_the_eager_2_5_pipeline_agree_on_the_emotion_vector
     vector is compared as well: 2.5's s2mel takes no GPT latent, so the waveform alone would not show a
     different emotion rule (without emotion audio, the speaker's file read again at 16 kHz is the
     reference, as infer_v2_5 does)."""
-    triton = client.app.state.service.triton
-    sent: list[np.ndarray] = []
-    decode = triton.decode
-
-    async def observed_decode(inputs, latent_dim):
-        sent.append(inputs["emotion_vector"].copy())
-        return await decode(inputs, latent_dim)
-
-    monkeypatch.setattr(triton, "decode", observed_decode)
+    sent = record_emotion_vectors(client.app.state.service.triton, monkeypatch)
     served = client.post("/v1/tts", data={"text": "Hello there.", "language": "en", "do_sample": "false", **FIXED},
                          files={"speaker_audio": ("voice.wav", VOICE_AUDIO, "audio/wav")})
     assert served.status_code == 200, served.text
@@ -221,7 +213,7 @@ def test_chunks_add_up_to_the_segment_by_the_2_5_rule(settings):
     s2mel_calls: list[int] = []
     triton = app.state.service.triton
     first_chunk_rendered = threading.Event()
-    hold_last_codes(triton, until=first_chunk_rendered)
+    hold_codes(triton, after=4, until=first_chunk_rendered)  # chunk 0 is codes 0-3, whatever the speed
     infer = triton.infer
 
     async def observed_infer(model, inputs, *args, **kwargs):

@@ -15,7 +15,7 @@ import io
 import numpy as np
 import pytest
 import soundfile
-from service_client import demo_settings, service_client
+from service_client import demo_settings, record_emotion_vectors, service_client
 
 from indextts2.checkpoint_dir import load_networks
 from indextts2.networks.gpt import SamplingConfig
@@ -39,15 +39,7 @@ def client(triton_server, demo_checkpoint, tmp_path_factory):
 def test_the_served_stack_and_the_eager_pipeline_make_the_same_waveform(client, demo_checkpoint, monkeypatch):
     """The GPT's emotion vector is compared too: on the demo networks the waveform barely shows it. Without
     emotion audio, both take the speaker's file read again at 16 kHz as the reference, as infer_v2 does."""
-    triton = client.app.state.service.triton
-    sent: list[np.ndarray] = []
-    decode = triton.decode
-
-    async def observed_decode(inputs, latent_dim):
-        sent.append(inputs["emotion_vector"].copy())
-        return await decode(inputs, latent_dim)
-
-    monkeypatch.setattr(triton, "decode", observed_decode)
+    sent = record_emotion_vectors(client.app.state.service.triton, monkeypatch)
     audio = speech_like_wav(6.0, seed=5)
     served = client.post("/v1/tts", data={
         "text": TEXT, "do_sample": "false", "max_codes": str(CODES), "min_codes": str(CODES),

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import sentry_sdk
 import soundfile
-from service_client import hold_last_codes, service_client
+from service_client import hold_codes, service_client
 from triton_models import model_reconfigured
 
 from orchestrator.app import create_app
@@ -83,13 +83,13 @@ def test_one_chunk_streams_exactly_the_non_streamed_audio(settings_with_voice):
 
 def test_chunks_arrive_before_the_gpt_has_finished_the_segment(settings_with_voice):
     """The demo GPT decodes 249 codes about as fast as s2mel renders the first chunk, so a race between
-    them would make this test depend on the machine. The segment's last codes are held back from the
-    service until the client has audio (for at most a minute): audio can come first only if chunks are
-    rendered while the code stream is still open."""
+    them would make this test depend on the machine. Every code after the first response (20 codes) is
+    held back from the service until the client has audio (for at most a minute): audio can come first
+    only if chunks are rendered while the code stream is still open."""
     app, served = _served(settings_with_voice, stream_chunk_codes="20,40,80")
     triton = app.state.service.triton
     first_audio = threading.Event()
-    finished_at = hold_last_codes(triton, until=first_audio)
+    finished_at = hold_codes(triton, after=20, until=first_audio)
     s2mel_codes: list[int] = []
     prompt_frames: list[tuple[int, int]] = []
     infer = triton.infer
@@ -212,8 +212,11 @@ def test_a_failure_after_the_first_audio_ends_the_stream_visibly_and_is_reported
         config["input"] = [tensor for tensor in config["input"] if tensor["name"] != "code_offset"]
 
     app, served = _served(settings_with_voice, stream_chunk_codes="1")
-    first_audio = threading.Event()  # the first chunk renders while the GPT's last codes are held back
-    hold_last_codes(app.state.service.triton, until=first_audio)
+    # Codes after the 100th are held back until the client has audio: the chunks after that start past
+    # code 100, so they send a code_offset (their context starts at code 50 or later), whatever the speed
+    # of the GPT against s2mel on this machine.
+    first_audio = threading.Event()
+    hold_codes(app.state.service.triton, after=100, until=first_audio)
     with model_reconfigured(triton_server, "s2mel", without_code_offset), served as url, \
             httpx.stream("POST", f"{url}/v1/tts", data={**LONG, "stream": "true"}, timeout=120) as response:
         assert response.status_code == 200
