@@ -109,6 +109,40 @@ def test_seamless_m4t_features_of_an_even_frame_count_need_no_padding():
     assert mask.tolist() == [1] * 80
 
 
+
+# In a fresh interpreter: transformers is imported on the extractor's first use, and that first use must
+# hold when it comes from several threads at once (the service extracts features in threads; before the
+# lock, 5 of 5 runs of this script lost a thread to "cannot import name 'SeamlessM4TFeatureExtractor'").
+_FIRST_USE_IN_THREADS_SCRIPT = """
+import json, sys, threading
+import numpy as np
+from indextts2.frontend.audio import seamless_m4t_features
+assert "transformers" not in sys.modules
+wav = np.sin(np.arange(16000, dtype=np.float32) * 0.05) * 0.3
+start = threading.Barrier(4)
+failures, shapes = [], []
+def first_use():
+    start.wait()
+    try:
+        shapes.append(seamless_m4t_features(wav)[0].shape)
+    except Exception as error:
+        failures.append(repr(error))
+threads = [threading.Thread(target=first_use) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps({"failures": failures, "shapes": shapes}))
+"""
+
+
+def test_the_first_feature_extractions_from_several_threads_at_once_all_succeed():
+    result = subprocess.run([sys.executable, "-c", _FIRST_USE_IN_THREADS_SCRIPT], check=False, capture_output=True,
+                            text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["failures"] == [] and len(report["shapes"]) == 4, report
+
 def test_mel_spectrogram_matches_official(golden_tiny):
     golden = load_golden(golden_tiny, "ref_mel")
     args = s2mel_mel_args(load_config(golden_tiny / "config.yaml")["s2mel"])

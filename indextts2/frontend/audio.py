@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -347,8 +348,19 @@ def campplus_features(wav_16k: np.ndarray) -> np.ndarray:
     return (fbank - fbank.mean(dim=0, keepdim=True)).numpy()
 
 
-@functools.cache
+_EXTRACTOR_LOCK = threading.Lock()
+
+
 def _seamless_m4t_extractor(padding_value: float) -> Any:
+    # transformers' lazy import is not thread-safe: two first uses at once (two new voices reaching a fresh
+    # service together, or a speaker's prompt and its emotion reference) fail with "cannot import name
+    # 'SeamlessM4TFeatureExtractor'". One at a time builds it once; later calls only take the cached one.
+    with _EXTRACTOR_LOCK:
+        return _build_seamless_m4t_extractor(padding_value)
+
+
+@functools.cache
+def _build_seamless_m4t_extractor(padding_value: float) -> Any:
     """The extractor of the w2v-bert-2.0 `preprocessor_config.json` (built from its values, no download)."""
     # Imported here, on first use: importing transformers costs seconds and ~65 MB, which the service's
     # start-up (and anything that only needs the decoder or the constants) should not pay.
