@@ -44,6 +44,7 @@ from indextts2.emotion import gpt_emotion_vector, uses_emotion_audio
 from indextts2.frontend.audio import (
     MAX_PROMPT_SECONDS,
     AudioDecodeError,
+    PromptFeatures,
     decode_audio,
     emotion_prompt_features,
     prompt_features,
@@ -357,14 +358,11 @@ class SynthesisPipeline:
         )
         return result["semantic_features"]  # (1, T, D)
 
-    async def speaker_conditioning(self, audio: ReferenceAudio) -> SpeakerConditioning:
-        key = ("speaker", audio.sha256)
-        cached = self.cache.get(key)
-        self.metrics.conditioning_cache.labels("speaker", "hit" if cached else "miss").inc()
-        if cached is not None:
-            self._flag(cached.warnings)
-            return cached
-        warnings = self._check_reference_length(audio)
+    async def _prompt_conditioning(
+        self, audio: ReferenceAudio,
+    ) -> tuple[PromptFeatures, np.ndarray, dict, dict, dict]:
+        """What the speaker prompt gives: its features, the prompt condition, the style, the GPT's speaker
+        latents and its base emotion vector (the emotion_conditioner on the prompt's own features)."""
         features = await self._features(audio, prompt_features, self.assets.mel_args)
         semantic = await self._semantic_features(features.input_features, features.attention_mask)
         lengths = np.array([[semantic.shape[1]]], dtype=np.int64)
@@ -401,26 +399,39 @@ class SynthesisPipeline:
 
         conditioner_inputs = {"semantic_features": semantic, "feature_lengths": lengths}
         if self.assets.is_2_5:
-            condition, (style, latents), base, own = await gather_all(
+            condition, (style, latents), base = await gather_all(
                 raw_prompt_condition(),
                 style_and_latents_2_5(),
                 self.triton.infer("emotion_conditioner", conditioner_inputs, ["emotion_vector"]),
-                self._emotion_reference_vector(audio),
             )
         else:
-            condition, style, latents, base, own = await gather_all(
+            condition, style, latents, base = await gather_all(
                 prompt_condition(),
                 self.triton.infer("campplus", {"fbank": features.fbank[None]}, ["speaker_style"]),
                 self.triton.infer("speaker_conditioner", conditioner_inputs, ["speaker_latents"]),
                 self.triton.infer("emotion_conditioner", conditioner_inputs, ["emotion_vector"]),
-                self._emotion_reference_vector(audio),
             )
+        return features, condition, style, latents, base
+
+    async def speaker_conditioning(self, audio: ReferenceAudio) -> SpeakerConditioning:
+        key = ("speaker", audio.sha256)
+        cached = self.cache.get(key)
+        self.metrics.conditioning_cache.labels("speaker", "hit" if cached else "miss").inc()
+        if cached is not None:
+            self._flag(cached.warnings)
+            return cached
+        warnings = self._check_reference_length(audio)
+        # The emotion reference (the same audio read again at 16 kHz) does not wait for the prompt's
+        # features: its semantic_encoder call runs beside the prompt's.
+        (features, condition, style, latents, base), own = await gather_all(
+            self._prompt_conditioning(audio), self._emotion_reference_vector(audio)
+        )
         conditioning = SpeakerConditioning(
             speaker_latents=latents["speaker_latents"][0],
             base_emotion_vector=base["emotion_vector"][0],
             own_emotion_vector=own,
             prompt_condition=condition,
-            ref_mel=ref_mel,
+            ref_mel=features.ref_mel,
             style=style["speaker_style"][0],
             duration_s=audio.duration_s,
             used_duration_s=features.used_samples_22k / SAMPLE_RATE,
