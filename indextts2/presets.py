@@ -45,144 +45,6 @@ from indextts2.networks.semantic_codec import build_semantic_codec, semantic_cod
 from indextts2.networks.semantic_encoder import write_tiny_w2v_bert
 
 # ---------------------------------------------------------------------------------------------------
-# demo
-# ---------------------------------------------------------------------------------------------------
-
-SEMANTIC_DIM = 64  # w2v-BERT width = codec width = GPT conditioner input (1024 in the real model)
-TEXT_VOCAB = 512
-MEL_CODEBOOK = 256
-EMO_NUM = [3, 17, 2, 8, 4, 5, 10, 24]  # the official grouping of feat1/feat2 rows by emotion
-STYLE_DIM = 192  # CAMPPlus embedding width, which the s2mel DiT takes as is
-
-DEMO_CONFIG: dict[str, Any] = {
-    "dataset": {"bpe_model": "bpe.model", "sample_rate": 24000, "squeeze": False},
-    "gpt": {
-        "model_dim": 64,
-        # A random GPT has no notion of the text's end: it stops when it happens to sample the stop
-        # code, or after max_mel_tokens - 1 codes (5 s of audio).
-        "max_mel_tokens": 250,
-        "max_text_tokens": 120,
-        "heads": 4,
-        "use_mel_codes_as_input": True,
-        "mel_length_compression": 1024,
-        "layers": 2,
-        "number_text_tokens": TEXT_VOCAB,
-        "number_mel_codes": MEL_CODEBOOK + 2,
-        "start_mel_token": MEL_CODEBOOK,
-        "stop_mel_token": MEL_CODEBOOK + 1,
-        "start_text_token": 0,
-        "stop_text_token": 1,
-        "train_solo_embeddings": False,
-        "condition_type": "conformer_perceiver",
-        "condition_module": {"output_size": 32, "linear_units": 64, "attention_heads": 2, "num_blocks": 1,
-                             "input_layer": "conv2d2", "perceiver_mult": 2},
-        "emo_condition_module": {"output_size": 32, "linear_units": 64, "attention_heads": 2, "num_blocks": 1,
-                                 "input_layer": "conv2d2", "perceiver_mult": 0.125},
-    },
-    "semantic_codec": {"codebook_size": MEL_CODEBOOK, "hidden_size": SEMANTIC_DIM, "codebook_dim": 8,
-                       "vocos_dim": 32, "vocos_intermediate_dim": 64, "vocos_num_layers": 1},
-    "s2mel": {
-        "preprocess_params": {
-            "sr": 22050,
-            "spect_params": {"n_fft": 1024, "win_length": 1024, "hop_length": 256, "n_mels": 80, "fmin": 0,
-                             "fmax": "None"},
-        },
-        "dit_type": "DiT",
-        "reg_loss_type": "l1",
-        "style_encoder": {"dim": STYLE_DIM},
-        "length_regulator": {"channels": 32, "is_discrete": False, "in_channels": SEMANTIC_DIM,
-                             "content_codebook_size": 2048, "sampling_ratios": [1, 1, 1, 1],
-                             "vector_quantize": False, "n_codebooks": 1, "quantizer_dropout": 0.0,
-                             "f0_condition": False, "n_f0_bins": 512},
-        "DiT": {"hidden_dim": 32, "num_heads": 2, "depth": 2, "class_dropout_prob": 0.1, "block_size": 8192,
-                "in_channels": 80, "style_condition": True, "final_layer_type": "wavenet", "target": "mel",
-                "content_dim": 32, "content_codebook_size": 1024, "content_type": "discrete",
-                "f0_condition": False, "n_f0_bins": 512, "content_codebooks": 1, "is_causal": False,
-                "long_skip_connection": True, "zero_prompt_speech_token": False, "time_as_token": False,
-                "style_as_token": False, "uvit_skip_connection": True, "add_resblock_in_transformer": False},
-        "wavenet": {"hidden_dim": 32, "num_layers": 2, "kernel_size": 5, "dilation_rate": 1, "p_dropout": 0.2,
-                    "style_condition": True},
-    },
-    "gpt_checkpoint": "gpt.pth",
-    "w2v_stat": "wav2vec2bert_stats.pt",
-    "s2mel_checkpoint": "s2mel.pth",
-    "emo_matrix": "feat2.pt",
-    "spk_matrix": "feat1.pt",
-    "emo_num": EMO_NUM,
-    "qwen_emo_path": "qwen0.6bemo4-merge/",
-    "vocoder": {"type": "bigvgan", "name": "nvidia/bigvgan_v2_22khz_80band_256x"},
-    "version": 2.0,
-}
-
-# BigVGAN v2 22 kHz 80-band 256x, with narrow channels and one resblock kernel.
-DEMO_BIGVGAN_CONFIG: dict[str, Any] = {
-    "resblock": "1",
-    "upsample_rates": [4, 4, 2, 2, 2, 2],
-    "upsample_kernel_sizes": [8, 8, 4, 4, 4, 4],
-    "upsample_initial_channel": 64,
-    "resblock_kernel_sizes": [3],
-    "resblock_dilation_sizes": [[1, 3, 5]],
-    "use_tanh_at_final": False,
-    "use_bias_at_final": False,
-    "activation": "snakebeta",
-    "snake_logscale": True,
-    "num_mels": 80,
-    "num_freq": 1025,
-    "n_fft": 1024,
-    "hop_size": 256,
-    "win_size": 1024,
-    "sampling_rate": 22050,
-    "fmin": 0,
-    "fmax": None,
-}
-
-# CAMPPlus keeps its structure (FCM head, three dense TDNN blocks) with far fewer channels.
-DEMO_CAMPPLUS_CONFIG: dict[str, Any] = {
-    "feat_dim": 80,
-    "embedding_size": STYLE_DIM,
-    "growth_rate": 8,
-    "bn_size": 2,
-    "init_channels": 32,
-    "block_layers": (2, 2, 2),
-    "m_channels": 8,
-}
-
-DEMO_W2V_BERT: dict[str, Any] = {"hidden_size": SEMANTIC_DIM, "num_layers": 17}
-
-# ---------------------------------------------------------------------------------------------------
-# small
-# ---------------------------------------------------------------------------------------------------
-
-# Between demo and official, for benchmarks on a CPU: every network has real work to do (a 384-wide,
-# 6-layer GPT over the official 8194 codes, a 192-wide DiT, a BigVGAN with 256 initial channels), and
-# one request of ~1 s of speech still runs in a few seconds on two cores. Same structure as the demo.
-SMALL_SEMANTIC_DIM = 256
-SMALL_CONFIG: dict[str, Any] = copy.deepcopy(DEMO_CONFIG)
-SMALL_CONFIG["gpt"].update({
-    "model_dim": 384, "layers": 6, "heads": 6, "max_mel_tokens": 1000, "number_text_tokens": 2048,
-    "number_mel_codes": 8194, "start_mel_token": 8192, "stop_mel_token": 8193,
-    "condition_module": {"output_size": 128, "linear_units": 256, "attention_heads": 2, "num_blocks": 2,
-                         "input_layer": "conv2d2", "perceiver_mult": 2},
-    "emo_condition_module": {"output_size": 128, "linear_units": 256, "attention_heads": 2, "num_blocks": 1,
-                             "input_layer": "conv2d2", "perceiver_mult": 0.125},
-})
-SMALL_CONFIG["semantic_codec"].update({"codebook_size": 8192, "hidden_size": SMALL_SEMANTIC_DIM, "vocos_dim": 128,
-                                       "vocos_intermediate_dim": 256, "vocos_num_layers": 2})
-SMALL_CONFIG["s2mel"]["length_regulator"].update({"channels": 192, "in_channels": SMALL_SEMANTIC_DIM})
-SMALL_CONFIG["s2mel"]["DiT"].update({"hidden_dim": 192, "num_heads": 4, "depth": 4, "content_dim": 192})
-SMALL_CONFIG["s2mel"]["wavenet"].update({"hidden_dim": 192, "num_layers": 4})
-
-SMALL_BIGVGAN_CONFIG: dict[str, Any] = {
-    **DEMO_BIGVGAN_CONFIG,
-    "upsample_initial_channel": 256,
-    "resblock_kernel_sizes": [3, 7],
-    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
-}
-SMALL_CAMPPLUS_CONFIG: dict[str, Any] = {**DEMO_CAMPPLUS_CONFIG, "growth_rate": 16, "init_channels": 64,
-                                         "block_layers": (4, 8, 6), "m_channels": 16}
-SMALL_W2V_BERT: dict[str, Any] = {"hidden_size": SMALL_SEMANTIC_DIM, "num_layers": 17, "num_attention_heads": 4}
-
-# ---------------------------------------------------------------------------------------------------
 # official
 # ---------------------------------------------------------------------------------------------------
 
@@ -284,6 +146,106 @@ OFFICIAL_W2V_BERT: dict[str, Any] = {
 
 # funasr/campplus campplus_cn_common.bin is CAMPPlus(feat_dim=80, embedding_size=192): our defaults.
 OFFICIAL_CAMPPLUS: dict[str, Any] = {}
+
+
+def resized(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of `base` with `changes` merged in: a dict merges key by key, any other value replaces.
+    The smaller presets are the official configuration with fewer and narrower layers."""
+    config = copy.deepcopy(base)
+    for key, value in changes.items():
+        nested = isinstance(value, dict) and isinstance(config.get(key), dict)
+        config[key] = resized(config[key], value) if nested else copy.deepcopy(value)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------------------
+
+SEMANTIC_DIM = 64  # w2v-BERT width = codec width = GPT conditioner input (1024 in the real model)
+TEXT_VOCAB = 512
+MEL_CODEBOOK = 256
+
+DEMO_CONFIG: dict[str, Any] = resized(OFFICIAL_CONFIG, {
+    "gpt": {
+        "model_dim": 64,
+        # A random GPT has no notion of the text's end: it stops when it happens to sample the stop
+        # code, or after max_mel_tokens - 1 codes (5 s of audio).
+        "max_mel_tokens": 250,
+        "max_text_tokens": 120,
+        "heads": 4,
+        "layers": 2,
+        "number_text_tokens": TEXT_VOCAB,
+        "number_mel_codes": MEL_CODEBOOK + 2,
+        "start_mel_token": MEL_CODEBOOK,
+        "stop_mel_token": MEL_CODEBOOK + 1,
+        "condition_module": {"output_size": 32, "linear_units": 64, "attention_heads": 2, "num_blocks": 1},
+        "emo_condition_module": {"output_size": 32, "linear_units": 64, "attention_heads": 2, "num_blocks": 1,
+                                 "perceiver_mult": 0.125},
+    },
+    "semantic_codec": {"codebook_size": MEL_CODEBOOK, "hidden_size": SEMANTIC_DIM, "vocos_dim": 32,
+                       "vocos_intermediate_dim": 64, "vocos_num_layers": 1},
+    "s2mel": {
+        "length_regulator": {"channels": 32, "in_channels": SEMANTIC_DIM},
+        "DiT": {"hidden_dim": 32, "num_heads": 2, "depth": 2, "content_dim": 32},
+        "wavenet": {"hidden_dim": 32, "num_layers": 2},
+    },
+})
+
+# BigVGAN v2 22 kHz 80-band 256x, with narrow channels and one resblock kernel.
+DEMO_BIGVGAN_CONFIG: dict[str, Any] = {
+    **OFFICIAL_BIGVGAN_CONFIG,
+    "upsample_initial_channel": 64,
+    "resblock_kernel_sizes": [3],
+    "resblock_dilation_sizes": [[1, 3, 5]],
+}
+
+# CAMPPlus keeps its structure (FCM head, three dense TDNN blocks) with far fewer channels.
+DEMO_CAMPPLUS_CONFIG: dict[str, Any] = {
+    "feat_dim": 80,
+    "embedding_size": 192,  # the style width the s2mel DiT takes as is
+    "growth_rate": 8,
+    "bn_size": 2,
+    "init_channels": 32,
+    "block_layers": (2, 2, 2),
+    "m_channels": 8,
+}
+
+DEMO_W2V_BERT: dict[str, Any] = {"hidden_size": SEMANTIC_DIM, "num_layers": 17}
+
+# ---------------------------------------------------------------------------------------------------
+# small
+# ---------------------------------------------------------------------------------------------------
+
+# Between demo and official, for benchmarks on a CPU: every network has real work to do (a 384-wide,
+# 6-layer GPT over the official 8194 codes, a 192-wide DiT, a BigVGAN with 256 initial channels), and
+# one request of ~1 s of speech still runs in a few seconds on two cores. Same structure as the demo.
+SMALL_SEMANTIC_DIM = 256
+SMALL_CONFIG: dict[str, Any] = resized(DEMO_CONFIG, {
+    "gpt": {
+        "model_dim": 384, "layers": 6, "heads": 6, "max_mel_tokens": 1000, "number_text_tokens": 2048,
+        "number_mel_codes": 8194, "start_mel_token": 8192, "stop_mel_token": 8193,
+        "condition_module": {"output_size": 128, "linear_units": 256, "num_blocks": 2},
+        "emo_condition_module": {"output_size": 128, "linear_units": 256},
+    },
+    "semantic_codec": {"codebook_size": 8192, "hidden_size": SMALL_SEMANTIC_DIM, "vocos_dim": 128,
+                       "vocos_intermediate_dim": 256, "vocos_num_layers": 2},
+    "s2mel": {
+        "length_regulator": {"channels": 192, "in_channels": SMALL_SEMANTIC_DIM},
+        "DiT": {"hidden_dim": 192, "num_heads": 4, "depth": 4, "content_dim": 192},
+        "wavenet": {"hidden_dim": 192, "num_layers": 4},
+    },
+})
+
+SMALL_BIGVGAN_CONFIG: dict[str, Any] = {
+    **DEMO_BIGVGAN_CONFIG,
+    "upsample_initial_channel": 256,
+    "resblock_kernel_sizes": [3, 7],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
+}
+SMALL_CAMPPLUS_CONFIG: dict[str, Any] = {**DEMO_CAMPPLUS_CONFIG, "growth_rate": 16, "init_channels": 64,
+                                         "block_layers": (4, 8, 6), "m_channels": 16}
+SMALL_W2V_BERT: dict[str, Any] = {"hidden_size": SMALL_SEMANTIC_DIM, "num_layers": 17, "num_attention_heads": 4}
 
 # The official bpe.model has 12000 pieces; the demo corpus trains at most ~3500. The ONNX stages never
 # read it; any vocabulary up to number_text_tokens fits the GPT.
