@@ -12,8 +12,7 @@ import io
 import pytest
 import sentry_sdk
 import soundfile
-import tritonclient.grpc as grpcclient
-from triton_models import model_reconfigured, model_unloaded
+from triton_models import inference_count, model_reconfigured, model_unloaded
 
 from orchestrator.testing import speech_like_wav
 from orchestrator.triton_client import PIPELINE_MODELS
@@ -43,11 +42,6 @@ def events(bugsink_server):
 def _tts(client, audio: bytes, **fields):
     data = {"text": TEXT, **FAST, **fields}
     return client.post("/v1/tts", data=data, files={"speaker_audio": ("voice.wav", audio, "audio/wav")})
-
-
-def _inference_count(server, model: str) -> int:
-    stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(model, as_json=True)
-    return int(stats["model_stats"][0].get("inference_count", 0))
 
 
 # --- readiness ---------------------------------------------------------------------------------------
@@ -108,12 +102,12 @@ def test_registered_voice_with_the_emotion_of_another_through_both_routes(servic
 
 def test_a_voice_is_stored_once_and_its_conditioning_reused(service, server):
     audio = speech_like_wav(5.5, seed=31)
-    encoder_runs = _inference_count(server, "semantic_encoder")
+    encoder_runs = inference_count(server, "semantic_encoder")
     for name in ("carol", "carol-copy"):
         response = service.post("/v1/voices", data={"name": name}, files={"audio": ("c.wav", audio, "audio/wav")})
         assert response.status_code == 201, response.text
     # The first: its prompt, and its audio read as the emotion reference; the second hit the cache.
-    assert _inference_count(server, "semantic_encoder") == encoder_runs + 2
+    assert inference_count(server, "semantic_encoder", encoder_runs + 2) == encoder_runs + 2
     voices_dir = service.app.state.settings.voices_dir
     assert len(list((voices_dir / "audio").iterdir())) == 1
     listed = service.get("/v1/voices").json()["voices"]

@@ -4,13 +4,13 @@ Runtime computes on the same files."""
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
+from triton_models import inference_statistics
 from tritonclient.utils import np_to_triton_dtype
 
 ONNX_MODELS = [
@@ -88,8 +88,7 @@ def test_concurrent_requests_are_batched_by_the_dynamic_batcher(onnx_server):
     model = "vocoder"
     rng = np.random.default_rng(3)
     mels = [rng.standard_normal((1, 80, 13)).astype(np.float32) for _ in range(8)]
-    stats_client = grpcclient.InferenceServerClient(onnx_server.grpc_url)
-    before = stats_client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    before = inference_statistics(onnx_server, model)
     results: dict[int, np.ndarray] = {}
 
     def call(index: int) -> None:
@@ -101,15 +100,7 @@ def test_concurrent_requests_are_batched_by_the_dynamic_batcher(onnx_server):
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    # Triton counts an execution once it has ended, which can be a moment after its responses reached
-    # the clients: read the statistics until every request is counted (or 10 s have passed).
-    deadline = time.monotonic() + 10
-    while True:
-        after = stats_client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-        counted = int(after["inference_count"]) - int(before.get("inference_count", 0))
-        if counted >= len(mels) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    after = inference_statistics(onnx_server, model, int(before.get("inference_count", 0)) + len(mels))
 
     session = ort.InferenceSession(str(onnx_server.model_repository / model / "1" / "model.onnx"))
     for index, mel in enumerate(mels):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
+from triton_models import inference_statistics
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from export.repository import COMMITTED_REPOSITORY
@@ -155,18 +156,6 @@ def _infer_together(url: str, requests: list[S2MelRequest], model: str) -> tuple
     return [served[i] for i in range(len(requests))], blocker
 
 
-def _inference_statistics(url: str, model: str, at_least: int = 0) -> dict:
-    """The model's statistics once they count `at_least` inferences: Triton records them after the
-    responses went out."""
-    client = grpcclient.InferenceServerClient(url)
-    deadline = time.monotonic() + 10
-    while True:
-        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-        if int(stats.get("inference_count", 0)) >= at_least or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.05)
-
-
 def test_served_s2mel_equals_the_batcher_run_in_process(s2mel_server, demo_networks):
     request = _request(np.random.default_rng(0), codes=17, prompt_frames=40, seed=3)
     expected = S2MelBatcher(demo_networks.s2mel, demo_networks.semantic_codec).run([request])[0]
@@ -181,9 +170,9 @@ def test_concurrent_requests_of_different_lengths_each_get_what_they_get_alone(s
     requests[2].duration_ratio = 1.25
     batcher = S2MelBatcher(demo_networks.s2mel, demo_networks.semantic_codec)
     alone = [batcher.run([r])[0].numpy() for r in requests]
-    before = _inference_statistics(s2mel_server.grpc_url, by_cost_model)
+    before = inference_statistics(s2mel_server, by_cost_model)
     served, _ = _infer_together(s2mel_server.grpc_url, requests, by_cost_model)
-    after = _inference_statistics(s2mel_server.grpc_url, by_cost_model,
+    after = inference_statistics(s2mel_server, by_cost_model,
                                   int(before.get("inference_count", 0)) + 1 + len(requests))
     for i, expected in enumerate(alone):
         np.testing.assert_allclose(served[i], expected, atol=1e-4, err_msg=f"request {i}")
