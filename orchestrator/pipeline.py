@@ -413,12 +413,19 @@ class SynthesisPipeline:
             )
         return features, condition, style, latents, base
 
-    async def speaker_conditioning(self, audio: ReferenceAudio) -> SpeakerConditioning:
-        key = ("speaker", audio.sha256)
+    def _cached(self, kind: str, audio: ReferenceAudio) -> tuple[tuple[str, str], Any]:
+        """(cache key, the cached conditioning of `kind` for this audio or None); a hit flags its warnings
+        on the request again."""
+        key = (kind, audio.sha256)
         cached = self.cache.get(key)
-        self.metrics.conditioning_cache.labels("speaker", "hit" if cached else "miss").inc()
+        self.metrics.conditioning_cache.labels(kind, "hit" if cached else "miss").inc()
         if cached is not None:
             self._flag(cached.warnings)
+        return key, cached
+
+    async def speaker_conditioning(self, audio: ReferenceAudio) -> SpeakerConditioning:
+        key, cached = self._cached("speaker", audio)
+        if cached is not None:
             return cached
         warnings = self._check_reference_length(audio)
         # The emotion reference (the same audio read again at 16 kHz) does not wait for the prompt's
@@ -442,11 +449,8 @@ class SynthesisPipeline:
         return conditioning
 
     async def emotion_conditioning(self, audio: ReferenceAudio) -> EmotionConditioning:
-        key = ("emotion", audio.sha256)
-        cached = self.cache.get(key)
-        self.metrics.conditioning_cache.labels("emotion", "hit" if cached else "miss").inc()
+        key, cached = self._cached("emotion", audio)
         if cached is not None:
-            self._flag(cached.warnings)
             return cached
         # A short emotion reference still carries its emotion: only the cut is noted.
         warnings = self._check_reference_length(audio) if audio.duration_s > MAX_PROMPT_SECONDS else []
