@@ -128,7 +128,7 @@ def test_synthesis_runs_through_the_prefixed_models_only(client, server):
     assert '="tts_' not in metrics  # no label carries a served name
 
 
-def test_an_unloaded_prefixed_model_is_503_under_its_plain_name_and_no_copy_stands_in(client, server, triton):
+def test_an_unloaded_prefixed_model_is_503_under_its_plain_name_and_no_copy_stands_in(client, server):
     with model_unloaded(server, PREFIX + "vocoder"):
         ready = client.get("/readyz")
         response = _tts(client, speech_like_wav(6.0, seed=22))

@@ -12,7 +12,6 @@ import io
 import pytest
 import sentry_sdk
 import soundfile
-from prometheus_client.parser import text_string_to_metric_families
 from triton_models import inference_count, model_reconfigured, model_unloaded
 
 from orchestrator.testing import speech_like_wav
@@ -101,26 +100,24 @@ def test_registered_voice_with_the_emotion_of_another_through_both_routes(servic
             service.delete(f"/v1/voices/{name}")
 
 
-def _conditioning_cache_lookups(service) -> dict[tuple[str, str], float]:
-    """tts_conditioning_cache_total by (kind, result)."""
-    families = text_string_to_metric_families(service.get("/metrics").text)
-    return {(sample.labels["kind"], sample.labels["result"]): sample.value
-            for family in families if family.name == "tts_conditioning_cache"
-            for sample in family.samples if sample.name.endswith("_total")}
+def _speaker_cache_lookups(service, result: str) -> float:
+    """tts_conditioning_cache_total{kind="speaker", result=...} from the service's own registry."""
+    value = service.app.state.metrics.registry.get_sample_value(
+        "tts_conditioning_cache_total", {"kind": "speaker", "result": result})
+    return value or 0.0
 
 
 def test_a_voice_is_stored_once_and_its_conditioning_reused(service, server):
     audio = speech_like_wav(5.5, seed=31)
     encoder_runs = inference_count(server, "semantic_encoder")
-    lookups = _conditioning_cache_lookups(service)
+    lookups = {result: _speaker_cache_lookups(service, result) for result in ("miss", "hit")}
     for name in ("carol", "carol-copy"):
         response = service.post("/v1/voices", data={"name": name}, files={"audio": ("c.wav", audio, "audio/wav")})
         assert response.status_code == 201, response.text
     # The first: its prompt, and its audio read as the emotion reference; the second hit the cache.
     assert inference_count(server, "semantic_encoder", encoder_runs + 2) == encoder_runs + 2
-    after = _conditioning_cache_lookups(service)
     for result in ("miss", "hit"):
-        assert after[("speaker", result)] == lookups.get(("speaker", result), 0) + 1, result
+        assert _speaker_cache_lookups(service, result) == lookups[result] + 1, result
     voices_dir = service.app.state.settings.voices_dir
     assert len(list((voices_dir / "audio").iterdir())) == 1
     listed = service.get("/v1/voices").json()["voices"]

@@ -172,8 +172,7 @@ def test_concurrent_requests_of_different_lengths_each_get_what_they_get_alone(s
     alone = [batcher.run([r])[0].numpy() for r in requests]
     before = inference_statistics(s2mel_server, by_cost_model)
     served, _ = _infer_together(s2mel_server.grpc_url, requests, by_cost_model)
-    after = inference_statistics(s2mel_server, by_cost_model,
-                                  int(before.get("inference_count", 0)) + 1 + len(requests))
+    after = inference_statistics(s2mel_server, by_cost_model, int(before.get("inference_count", 0)) + 1 + len(requests))
     for i, expected in enumerate(alone):
         np.testing.assert_allclose(served[i], expected, atol=1e-4, err_msg=f"request {i}")
     assert served[2].shape[1] == round(24 * 1.72 * 1.25)
